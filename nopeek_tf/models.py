@@ -1,0 +1,291 @@
+"""NoPeek split models: a client half, a server half, and the dCor loss at the cut.
+
+The trainable model is ``server(nopeek([image, client(image)]))``:
+
+* ``client`` (a Keras model named "client"): raw image -> activations at the cut;
+  this is what runs on the device.
+* ``nopeek``: a :class:`DistanceCorrelationLoss` layer, the identity on the
+  activations, which adds ``alpha * dCor(image, activations)`` to the loss in
+  training and reports the batch dCor as the metric ``dcor``.
+* ``server`` (a Keras model named "server"): activations -> class logits.
+
+Both halves are layers of the full model, so they share its weights and are
+recovered from a saved ``.keras`` file with :func:`split_halves`.
+
+Example:
+  >>> split = build_split_model("mnist_cnn", (28, 28, 1), 10, cut="conv2", alpha=3.0)
+  >>> split.client.output_shape
+  (None, 14, 14, 32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from nopeek_tf.dcor import distance_correlation
+
+CLIENT_NAME = "client"
+SERVER_NAME = "server"
+NOPEEK_NAME = "nopeek"
+DCOR_METRIC_NAME = "dcor"
+
+
+@keras.saving.register_keras_serializable(package="nopeek_tf")
+class DistanceCorrelationLoss(keras.layers.Layer):
+    """Identity on the activations that adds ``alpha * dCor(raw, activations)``.
+
+    Called on ``[raw_input, activations]``; returns ``activations`` unchanged.
+    In training (``training=True``) it adds the weighted distance correlation
+    with ``add_loss``. In training and evaluation it updates the mean metric
+    ``dcor`` (shown by ``fit``/``evaluate`` and written to TensorBoard). A batch
+    of one sample has no dCor: it adds nothing and does not count in the metric.
+
+    Args:
+      alpha: weight of the dCor term; 0 only measures.
+    """
+
+    def __init__(self, alpha: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.alpha = float(alpha)
+        self.dcor_tracker = keras.metrics.Mean(name=DCOR_METRIC_NAME)
+
+    def batch_dcor(self, raw: tf.Tensor, activations: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Returns (dCor of the batch in float32, 1.0 if the batch has >= 2 samples else 0.0)."""
+        raw = tf.cast(raw, tf.float32)
+        activations = tf.cast(activations, tf.float32)
+        static_size = activations.shape[0]
+        if static_size is not None:
+            if static_size < 2:
+                return tf.zeros([], tf.float32), tf.zeros([], tf.float32)
+            return distance_correlation(raw, activations), tf.ones([], tf.float32)
+        has_pairs = tf.shape(activations)[0] >= 2
+        value = tf.cond(
+            has_pairs,
+            lambda: distance_correlation(raw, activations),
+            lambda: tf.zeros([], tf.float32),
+        )
+        return value, tf.cast(has_pairs, tf.float32)
+
+    def call(self, inputs, training=None):
+        raw, activations = inputs
+        value, weight = self.batch_dcor(raw, activations)
+        if training and self.alpha > 0:
+            self.add_loss(self.alpha * value * weight)
+        self.dcor_tracker.update_state(value, sample_weight=weight)
+        return activations
+
+    def compute_output_spec(self, inputs, training=None):
+        return keras.KerasTensor(inputs[1].shape, dtype=inputs[1].dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+# --- Architectures --------------------------------------------------------
+# Each architecture is an ordered list of named blocks; the cut is the name of
+# the last block that runs on the client. A block builds fresh layers each time
+# it is applied, and works for any input size.
+
+Block = Callable[[keras.KerasTensor], keras.KerasTensor]
+
+
+def _conv(name: str, filters: int, pool: bool) -> Block:
+    def block(x):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"{name}_conv")(x)
+        if pool:
+            x = keras.layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+        return x
+    return block
+
+
+def _dense(name: str, units: int, dropout: float) -> Block:
+    def block(x):
+        x = keras.layers.Flatten(name=f"{name}_flatten")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+        return keras.layers.Dense(units, activation="relu", name=f"{name}_dense")(x)
+    return block
+
+
+def _residual(name: str, filters: int, stride: int) -> Block:
+    """A ResNet-v2 basic block (pre-activation, two 3x3 convolutions)."""
+    def block(x):
+        shortcut = x
+        y = keras.layers.BatchNormalization(name=f"{name}_bn1")(x)
+        y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_proj")(y)
+        y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(y)
+        y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+        y = keras.layers.ReLU(name=f"{name}_relu2")(y)
+        y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+        return keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    return block
+
+
+def _resnet_stem(name: str) -> Block:
+    def block(x):
+        return keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    return block
+
+
+def _resnet_head(name: str) -> Block:
+    def block(x):
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+        return keras.layers.GlobalAveragePooling2D(name=f"{name}_gap")(x)
+    return block
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A split-able network: named blocks in order, and where to cut by default."""
+
+    name: str
+    description: str
+    default_cut: str
+    make_blocks: Callable[[], Sequence[tuple[str, Block]]]
+
+    @property
+    def cuts(self) -> tuple[str, ...]:
+        """The block names the model can be cut after (client = up to and including it)."""
+        return tuple(name for name, _ in self.make_blocks())
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.name: arch
+    for arch in (
+        Architecture(
+            "mnist_cnn",
+            "Small CNN for 28x28 grey images (Fashion-MNIST, MNIST); cut conv2 gives 14x14x32.",
+            "conv2",
+            lambda: [
+                ("conv1", _conv("conv1", 32, pool=False)),
+                ("conv2", _conv("conv2", 32, pool=True)),
+                ("conv3", _conv("conv3", 64, pool=True)),
+                ("dense", _dense("dense", 128, dropout=0.0)),
+            ],
+        ),
+        Architecture(
+            "orl_cnn",
+            "CNN for ORL faces (112x92 grey, or downscaled); cut conv2 gives 28x23x32 at full size.",
+            "conv2",
+            lambda: [
+                ("conv1", _conv("conv1", 16, pool=True)),
+                ("conv2", _conv("conv2", 32, pool=True)),
+                ("conv3", _conv("conv3", 64, pool=True)),
+                ("conv4", _conv("conv4", 128, pool=True)),
+                ("dense", _dense("dense", 128, dropout=0.5)),
+            ],
+        ),
+        Architecture(
+            "resnet_small",
+            "ResNet-v2 with 6 basic blocks (16/32/64 filters) for 32x32 RGB (CIFAR-10).",
+            "block1b",
+            lambda: [
+                ("stem", _resnet_stem("stem")),
+                ("block1a", _residual("block1a", 16, 1)),
+                ("block1b", _residual("block1b", 16, 1)),
+                ("block2a", _residual("block2a", 32, 2)),
+                ("block2b", _residual("block2b", 32, 1)),
+                ("block3a", _residual("block3a", 64, 2)),
+                ("block3b", _residual("block3b", 64, 1)),
+                ("pool", _resnet_head("pool")),
+            ],
+        ),
+    )
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    """Returns the registered architecture ``name``; ValueError lists the known ones."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def resolve_cut(arch: str, cut: str | None) -> str:
+    """Returns ``cut``, or the architecture's default cut when ``cut`` is None or "auto"."""
+    architecture = get_architecture(arch)
+    if cut in (None, "", "auto"):
+        return architecture.default_cut
+    if cut not in architecture.cuts:
+        raise ValueError(f"unknown cut {cut!r} for {arch}; choose one of {', '.join(architecture.cuts)}")
+    return cut
+
+
+@dataclasses.dataclass
+class SplitModel:
+    """The trainable full model and its two halves (which share its weights)."""
+
+    full: keras.Model
+    client: keras.Model
+    server: keras.Model
+
+    @property
+    def activation_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's activations at the cut (no batch dimension)."""
+        return tuple(self.client.output_shape[1:])
+
+
+def build_split_model(
+    arch: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    cut: str | None = None,
+    alpha: float = 0.0,
+) -> SplitModel:
+    """Builds a NoPeek split model.
+
+    Args:
+      arch: a name in :data:`ARCHITECTURES`.
+      input_shape: one image's shape, (height, width, channels).
+      num_classes: number of classes; the server outputs that many logits.
+      cut: the last block on the client; None or "auto" for the default.
+      alpha: weight of the dCor loss (0 trains without NoPeek but still logs dCor).
+
+    Returns:
+      A :class:`SplitModel`; ``full`` is uncompiled and outputs logits.
+
+    Raises:
+      ValueError: for an unknown architecture or cut, or a negative alpha.
+    """
+    cut = resolve_cut(arch, cut)
+    blocks = list(get_architecture(arch).make_blocks())
+    split_at = [name for name, _ in blocks].index(cut) + 1
+
+    image = keras.Input(shape=tuple(input_shape), name="image")
+    x = image
+    for _, block in blocks[:split_at]:
+        x = block(x)
+    client = keras.Model(image, x, name=CLIENT_NAME)
+
+    activations = keras.Input(shape=client.output_shape[1:], name="activations")
+    y = activations
+    for _, block in blocks[split_at:]:
+        y = block(y)
+    if len(y.shape) > 2:
+        y = keras.layers.Flatten(name="head_flatten")(y)
+    logits = keras.layers.Dense(num_classes, name="logits")(y)
+    server = keras.Model(activations, logits, name=SERVER_NAME)
+
+    full_input = keras.Input(shape=tuple(input_shape), name="image")
+    cut_activations = DistanceCorrelationLoss(alpha, name=NOPEEK_NAME)([full_input, client(full_input)])
+    full = keras.Model(full_input, server(cut_activations), name=f"nopeek_{arch}_{cut}")
+    return SplitModel(full=full, client=client, server=server)
+
+
+def split_halves(full: keras.Model) -> SplitModel:
+    """Recovers the client and server halves of a (possibly loaded) full model."""
+    return SplitModel(full=full, client=full.get_layer(CLIENT_NAME), server=full.get_layer(SERVER_NAME))
+
+
+def nopeek_alpha(full: keras.Model) -> float:
+    """The dCor weight of a full model."""
+    return full.get_layer(NOPEEK_NAME).alpha
