@@ -26,7 +26,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import app, flags, logging
+
+from nopeek_tf import runtime
 
 STRATEGIES = ("default",)
 MODEL_FILE = "model.keras"
@@ -269,6 +271,8 @@ def config_from_flags() -> TrainConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (tfds) would drown the output
+    runtime.import_tensorflow_quietly()
     from nopeek_tf.data import DatasetError
 
     try:
