@@ -127,7 +127,7 @@ def resolve_arch(config: TrainConfig, image_shape: tuple[int, ...]) -> TrainConf
 
 
 def default_model_dir(config: TrainConfig) -> str:
-    """runs/<dataset>_<arch>_<cut>_alpha<alpha>, for a config whose arch/cut may be "auto"."""
+    """runs/<dataset>_<arch>_<cut>_alpha<alpha>."""
     return os.path.join("runs", f"{config.dataset}_{config.arch}_{config.cut}_alpha{config.alpha:g}")
 
 
@@ -163,12 +163,13 @@ def _write_json(path: str, values: dict) -> None:
     os.replace(temporary, path)
 
 
-def train_and_evaluate(config: TrainConfig, model_dir: str) -> dict:
+def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dict:
     """Trains (or resumes) a NoPeek split model, evaluates it and writes ``model_dir``.
 
     Args:
       config: the run's settings; arch and cut may be "auto".
-      model_dir: where checkpoints, logs, the model and metrics.json go.
+      model_dir: where checkpoints, logs, the model and metrics.json go;
+        None for runs/<dataset>_<arch>_<cut>_alpha<alpha>.
 
     Returns:
       The metrics written to metrics.json.
@@ -185,6 +186,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str) -> dict:
     raw = data.load(config.dataset, config.data_dir)
     shape = data.input_shape(raw.info, config.image_size)
     config = resolve_arch(config, shape)
+    model_dir = model_dir or default_model_dir(config)
     prepare_model_dir(model_dir, config)
 
     keras.utils.set_random_seed(config.seed)
@@ -277,7 +279,7 @@ def main(argv):
 
     try:
         config = config_from_flags()
-        train_and_evaluate(config, FLAGS.model_dir or default_model_dir(config))
+        train_and_evaluate(config, FLAGS.model_dir)
     except DatasetError as error:
         sys.exit(f"error: --dataset: {error}")
     except UsageError as error:
