@@ -13,25 +13,38 @@ import contextlib
 import os
 import sys
 import tempfile
+import warnings
 
 
 @contextlib.contextmanager
-def _stderr_captured():
-    """Sends file descriptor 2 to a temporary file; replays it if the block raises."""
+def quiet_native_output():
+    """Sends file descriptors 1 and 2 (C++ logs, library prints) to a temporary file.
+
+    If the block raises, what was captured is written to stderr first, so that
+    nothing needed to understand the failure is lost.
+    """
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as captured, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fd in saved:
+            os.dup2(captured.fileno(), fd)
         try:
             yield
         except BaseException:
-            os.dup2(saved, 2)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[2], 2)
             captured.seek(0)
             sys.stderr.write(captured.read().decode(errors="replace"))
             raise
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in saved.items():
+                os.dup2(original, fd)
+                os.close(original)
 
 
 def import_tensorflow_quietly():
@@ -44,7 +57,7 @@ def import_tensorflow_quietly():
     if os.environ.get("NOPEEK_TF_VERBOSE_STARTUP") == "1":
         import tensorflow as tf
         return tf
-    with _stderr_captured():
+    with quiet_native_output():
         import tensorflow as tf
         tf.config.list_physical_devices()
     return tf

@@ -242,21 +242,25 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "orl_faces", "orl_faces (offline, default), fashion_mnist (offline from "
-                    "Debian's dataset-fashion-mnist or --data_dir), or any TFDS name (needs internet).")
-flags.DEFINE_string("data_dir", None, "For fashion_mnist/mnist: a folder of MNIST-format idx files. "
-                    "For TFDS names: the TFDS data dir.")
-flags.DEFINE_string("image_size", None, "Resize images to HEIGHTxWIDTH (e.g. 56x46 for ORL at half size).")
-flags.DEFINE_string("arch", "auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn or resnet_small.")
-flags.DEFINE_string("cut", "auto", "The last block on the client (auto: the architecture's default).")
-flags.DEFINE_float("alpha", 1.0, "Weight of the NoPeek loss alpha * dCor(image, activations); 0 disables it.")
-flags.DEFINE_integer("epochs", 40, "Training epochs (in total, counting epochs of a resumed run).")
-flags.DEFINE_integer("batch_size", 32, "Batch size (global); dCor is computed over each batch.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-flags.DEFINE_string("model_dir", None, "Output folder (default runs/<dataset>_<arch>_<cut>_alpha<alpha>).")
-flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling).")
-flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device).")
-flags.DEFINE_integer("dcor_batch_size", 100, "Batch size of the test dCor (a batch statistic).")
+
+
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script, so that tests can import this module)."""
+    flags.DEFINE_string("dataset", "orl_faces", "orl_faces (offline, default), fashion_mnist (offline from "
+                        "Debian's dataset-fashion-mnist or --data_dir), or any TFDS name (needs internet).")
+    flags.DEFINE_string("data_dir", None, "For fashion_mnist/mnist: a folder of MNIST-format idx files. "
+                        "For TFDS names: the TFDS data dir.")
+    flags.DEFINE_string("image_size", None, "Resize images to HEIGHTxWIDTH (e.g. 56x46 for ORL at half size).")
+    flags.DEFINE_string("arch", "auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn or resnet_small.")
+    flags.DEFINE_string("cut", "auto", "The last block on the client (auto: the architecture's default).")
+    flags.DEFINE_float("alpha", 1.0, "Weight of the NoPeek loss alpha * dCor(image, activations); 0 disables it.")
+    flags.DEFINE_integer("epochs", 40, "Training epochs (in total, counting epochs of a resumed run).")
+    flags.DEFINE_integer("batch_size", 32, "Batch size (global); dCor is computed over each batch.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+    flags.DEFINE_string("model_dir", None, "Output folder (default runs/<dataset>_<arch>_<cut>_alpha<alpha>).")
+    flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling).")
+    flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device).")
+    flags.DEFINE_integer("dcor_batch_size", 100, "Batch size of the test dCor (a batch statistic).")
 
 
 def config_from_flags() -> TrainConfig:
@@ -287,4 +291,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
