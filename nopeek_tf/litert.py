@@ -11,15 +11,16 @@ class LiteRTModel:
     Args:
       model: a ``.tflite`` path or the model's bytes.
       num_threads: interpreter threads (1 for latency figures that compare).
+      default_delegates: False runs LiteRT's builtin kernels without its default
+        (XNNPACK) delegate.
     """
 
-    def __init__(self, model: str | bytes, num_threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, model: str | bytes, num_threads: int = 1, default_delegates: bool = True):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        if isinstance(model, (bytes, bytearray)):
-            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-        else:
-            self.interpreter = Interpreter(model_path=model, num_threads=num_threads)
+        resolver = OpResolverType.AUTO if default_delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": model}
+        self.interpreter = Interpreter(**source, num_threads=num_threads, experimental_op_resolver_type=resolver)
         self.interpreter.allocate_tensors()
         (self.input_detail,) = self.interpreter.get_input_details()
         (self.output_detail,) = self.interpreter.get_output_details()
