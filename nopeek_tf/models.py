@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Callable, Sequence
 
 import keras
@@ -54,11 +55,23 @@ class DistanceCorrelationLoss(keras.layers.Layer):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
         self.dcor_tracker = keras.metrics.Mean(name=DCOR_METRIC_NAME)
+        self._loss_threads: dict[int, int] = {}
 
     def batch_dcor(self, raw: tf.Tensor, activations: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Returns (dCor of the batch in float32, 1.0 if the batch has >= 2 samples else 0.0)."""
+        """Returns (dCor of the batch in float32, 1.0 if the batch has >= 2 samples else 0.0).
+
+        Under a ``tf.distribute`` strategy with several replicas, the batch is the
+        global batch: raw inputs and activations are gathered from all replicas,
+        so every replica computes the same dCor. The gradient of the gather sums
+        the replicas' upstream gradients, and Keras divides each replica's loss by
+        the replica count, so the summed gradients equal the single-device ones.
+        """
         raw = tf.cast(raw, tf.float32)
         activations = tf.cast(activations, tf.float32)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            raw = context.all_gather(raw, axis=0)
+            activations = context.all_gather(activations, axis=0)
         static_size = activations.shape[0]
         if static_size is not None:
             if static_size < 2:
@@ -76,9 +89,24 @@ class DistanceCorrelationLoss(keras.layers.Layer):
         raw, activations = inputs
         value, weight = self.batch_dcor(raw, activations)
         if training and self.alpha > 0:
-            self.add_loss(self.alpha * value * weight)
+            loss = self.alpha * value * weight
+            self.add_loss(loss)
+            self._loss_threads[id(loss)] = threading.get_ident()
         self.dcor_tracker.update_state(value, sample_weight=weight)
         return activations
+
+    # MirroredStrategy runs the replicas in threads that share this layer, and
+    # Keras keeps added losses in one list per layer: without this filter, replica
+    # r would also count the dCor losses that replicas 0..r-1 added.
+    def _get_own_losses(self):
+        losses = super()._get_own_losses()
+        thread = threading.get_ident()
+        return [loss for loss in losses if self._loss_threads.get(id(loss)) in (thread, None)]
+
+    def _clear_losses(self):
+        super()._clear_losses()
+        thread = threading.get_ident()
+        self._loss_threads = {key: owner for key, owner in self._loss_threads.items() if owner != thread}
 
     def compute_output_spec(self, inputs, training=None):
         return keras.KerasTensor(inputs[1].shape, dtype=inputs[1].dtype)

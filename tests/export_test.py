@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -123,8 +124,10 @@ def test_serving_files_parse_with_the_real_tooling(exported):
     assert "signature_def['serving_int8']" in shown.stdout
 
 
-def test_each_export_adds_a_version(exported, trained_dir):
-    export_dir, first = exported
+def test_each_export_adds_a_version(exported, trained_dir, tmp_path):
+    shared_export_dir, first = exported
+    export_dir = str(tmp_path / "export")
+    shutil.copytree(shared_export_dir, export_dir)
     second = export.export_model(export.ExportConfig(model_dir=trained_dir, export_dir=export_dir,
                                                      variants=("float32",), parity_images=20),
                                  log=lambda *_: None)
@@ -132,8 +135,7 @@ def test_each_export_adds_a_version(exported, trained_dir):
     base = os.path.join(export_dir, "serving", "nopeek_orl_faces")
     assert sorted(os.listdir(base)) == ["1", "2"]
     assert manifest_lib.Manifest.load(os.path.join(export_dir, "client")).server_version == 2
-    assert os.listdir(os.path.join(export_dir, "client")) == ["manifest.json", "client_float32.tflite"] or \
-        sorted(os.listdir(os.path.join(export_dir, "client"))) == ["client_float32.tflite", "manifest.json"]
+    assert sorted(os.listdir(os.path.join(export_dir, "client"))) == ["client_float32.tflite", "manifest.json"]
 
 
 def test_flex_ops_are_refused_by_name():
@@ -164,3 +166,18 @@ def test_bad_input_gives_one_line_and_leaves_nothing(trained_dir, tmp_path):
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert len(lines) == 1 and expected in lines[0], result.stderr
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+def test_benchmark_prints_a_row_per_variant_without_tensorflow(exported):
+    export_dir, manifest = exported
+    script = ("import runpy, sys; sys.argv = ['benchmark', '--export_dir=%s', '--runs=3', '--warmup=1']; "
+              "runpy.run_module('export.benchmark', run_name='__main__')" % export_dir)
+    guard = "import sys; sys.modules['tensorflow'] = None; "  # importing TensorFlow would fail
+    result = subprocess.run([sys.executable, "-c", guard + script], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms |" in line]
+    assert [row.split("|")[1].strip() for row in rows] == list(manifest.clients)
+    int8_row = rows[list(manifest.clients).index("int8")]
+    activation_bytes = int(np.prod(manifest.activation_shape))
+    assert f"| {activation_bytes:,} | {56 * 46:,} |" in int8_row
