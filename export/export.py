@@ -233,7 +233,7 @@ def _load_trained(model_dir: str):
                           f"train first: python -m train.train --model_dir={model_dir}")
     with open(metrics_path) as f:
         metrics = json.load(f)
-    return models.split_halves(keras.models.load_model(model_path)), metrics
+    return models.split_halves(keras.models.load_model(model_path, compile=False)), metrics
 
 
 def _prepare_export_dir(export_dir: str) -> str:

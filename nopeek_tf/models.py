@@ -300,11 +300,13 @@ def build_split_model(
         y = block(y)
     if len(y.shape) > 2:
         y = keras.layers.Flatten(name="head_flatten")(y)
-    logits = keras.layers.Dense(num_classes, name="logits")(y)
+    logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(y)  # float32 under mixed precision
     server = keras.Model(activations, logits, name=SERVER_NAME)
 
     full_input = keras.Input(shape=tuple(input_shape), name="image")
-    cut_activations = DistanceCorrelationLoss(alpha, name=NOPEEK_NAME)([full_input, client(full_input)])
+    # float32 policy: under mixed precision, dCor is still computed from float32 inputs.
+    cut_activations = DistanceCorrelationLoss(alpha, name=NOPEEK_NAME, dtype="float32")(
+        [full_input, client(full_input)])
     full = keras.Model(full_input, server(cut_activations), name=f"nopeek_{arch}_{cut}")
     return SplitModel(full=full, client=client, server=server)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 
@@ -30,7 +31,11 @@ from absl import app, flags, logging
 
 from nopeek_tf import runtime
 
-STRATEGIES = ("default",)
+STRATEGIES = ("default", "mirrored", "multi_worker")
+# Keras 3 fit() fails under MultiWorkerMirroredStrategy up to this version (checked
+# here with 3.15.1 and a one-layer model; keras-team/keras#20585). Raise it when a
+# fixed Keras is out and tests/distribute_test.py's multi-worker test passes.
+KERAS_WITHOUT_MULTI_WORKER_FIT = (3, 15, 1)
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
@@ -38,7 +43,8 @@ CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
 # Flags that may change when a run is resumed: the rest must match config.json.
-RESUMABLE_CHANGES = ("epochs",)
+# The device layout may change too: the global batch, and so the maths, stays the same.
+RESUMABLE_CHANGES = ("epochs", "strategy", "devices", "cpu_devices")
 
 
 class UsageError(ValueError):
@@ -60,6 +66,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     strategy: str = "default"
+    devices: tuple[str, ...] | None = None
+    cpu_devices: int = 0
+    mixed_precision: bool = False
     dcor_batch_size: int = 100
     verbose: int = 2
 
@@ -67,8 +76,9 @@ class TrainConfig:
         """The config as JSON-ready values (verbosity left out: it does not define the run)."""
         values = dataclasses.asdict(self)
         values.pop("verbose")
-        if self.image_size:
-            values["image_size"] = list(self.image_size)
+        for key in ("image_size", "devices"):
+            if values[key]:
+                values[key] = list(values[key])
         return values
 
 
@@ -101,6 +111,12 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"--learning_rate must be > 0, got {config.learning_rate}")
     if config.strategy not in STRATEGIES:
         raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {config.strategy!r}")
+    if config.devices and config.strategy != "mirrored":
+        raise UsageError("--devices is for --strategy=mirrored")
+    if config.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
+        raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (see the README)")
+    if config.cpu_devices < 0:
+        raise UsageError(f"--cpu_devices must be >= 0, got {config.cpu_devices}")
     if config.arch != "auto" and config.arch not in models.ARCHITECTURES:
         raise UsageError(f"--arch: unknown architecture {config.arch!r}; choose auto or one of {', '.join(models.ARCHITECTURES)}")
     if config.arch != "auto" and config.cut != "auto":
@@ -126,13 +142,95 @@ def resolve_arch(config: TrainConfig, image_shape: tuple[int, ...]) -> TrainConf
     return dataclasses.replace(config, arch=arch, cut=cut)
 
 
+def split_cpu(count: int) -> None:
+    """Splits the CPU into ``count`` logical devices (for developing tf.distribute without GPUs).
+
+    Must run before TensorFlow initialises its devices; a second call with the
+    same count is a no-op.
+    """
+    import tensorflow as tf
+
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    if len(tf.config.list_logical_devices("CPU")) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        raise UsageError("--cpu_devices must take effect before TensorFlow starts; it cannot change "
+                         "in a running process") from None
+
+
+def make_strategy(config: TrainConfig):
+    """The tf.distribute strategy of ``config.strategy``; checks the batch divides over its replicas."""
+    import keras
+    import tensorflow as tf
+
+    if config.cpu_devices > 1:
+        split_cpu(config.cpu_devices)
+    if config.strategy == "mirrored":
+        devices = list(config.devices) if config.devices else None
+        if devices is None and not tf.config.list_physical_devices("GPU"):
+            devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+        try:
+            strategy = tf.distribute.MirroredStrategy(devices)
+        except (ValueError, RuntimeError) as error:
+            raise UsageError(f"--devices: {error}") from None
+    elif config.strategy == "multi_worker":
+        keras_version = tuple(int(part) for part in re.findall(r"\d+", keras.version())[:3])
+        if keras_version <= KERAS_WITHOUT_MULTI_WORKER_FIT:
+            raise UsageError(
+                f"--strategy=multi_worker: Keras {keras.version()} cannot fit() under MultiWorkerMirroredStrategy "
+                "(keras-team/keras#20585: even a one-layer model fails); use mirrored on one machine")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise UsageError(f"--batch_size {config.batch_size} (the global batch) does not divide over "
+                         f"{replicas} replicas; use a multiple of {replicas}")
+    return strategy
+
+
+def task_name(strategy) -> str:
+    """"chief", "worker:N", or "local" for a single-machine strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "local"
+    return "chief" if resolver.task_type == "chief" else f"{resolver.task_type}:{resolver.task_id}"
+
+
+def is_chief(strategy) -> bool:
+    """True for the task that writes files: the chief, or worker 0 of a cluster without one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash of a model's weights: equal on every worker of a synchronous run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(weight.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def default_model_dir(config: TrainConfig) -> str:
     """runs/<dataset>_<arch>_<cut>_alpha<alpha>."""
     return os.path.join("runs", f"{config.dataset}_{config.arch}_{config.cut}_alpha{config.alpha:g}")
 
 
-def prepare_model_dir(model_dir: str, config: TrainConfig) -> None:
-    """Creates ``model_dir``, checks it is writable and that a run in it has the same flags."""
+def prepare_model_dir(model_dir: str, config: TrainConfig, writer: bool = True) -> None:
+    """Creates ``model_dir``, checks it is writable and that a run in it has the same flags.
+
+    Only the ``writer`` (the chief of a cluster) creates files; other workers check.
+    """
+    if not writer:
+        return
     try:
         os.makedirs(model_dir, exist_ok=True)
         probe = os.path.join(model_dir, ".write_test")
@@ -163,6 +261,22 @@ def _write_json(path: str, values: dict) -> None:
     os.replace(temporary, path)
 
 
+def chief_backup_and_restore(backup_dir: str, writer: bool):
+    """Keras BackupAndRestore (every epoch; never deleted) that only the ``writer`` saves.
+
+    Every worker restores from the shared ``backup_dir`` so that all resume at the
+    same epoch; only the chief writes it.
+    """
+    import keras
+
+    class _ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self):
+            if writer:
+                super()._save_model()
+
+    return _ChiefBackupAndRestore(backup_dir, delete_checkpoint=False)
+
+
 def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dict:
     """Trains (or resumes) a NoPeek split model, evaluates it and writes ``model_dir``.
 
@@ -183,39 +297,46 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
 
     from nopeek_tf import data, leakage, models
 
+    strategy = make_strategy(config)  # first: multi-worker set-up must precede other TensorFlow work
+    chief = is_chief(strategy)
     raw = data.load(config.dataset, config.data_dir)
     shape = data.input_shape(raw.info, config.image_size)
     config = resolve_arch(config, shape)
     model_dir = model_dir or default_model_dir(config)
-    prepare_model_dir(model_dir, config)
+    prepare_model_dir(model_dir, config, writer=chief)
 
     keras.utils.set_random_seed(config.seed)
-    train_ds = data.make_pipeline(raw.train, config.batch_size, True, config.seed, config.image_size)
+    distributed = strategy.num_replicas_in_sync > 1
+    train_ds = data.make_pipeline(raw.train, config.batch_size, True, config.seed, config.image_size,
+                                  drop_remainder=distributed)
     test_ds = data.make_pipeline(raw.test, config.batch_size, False, config.seed, config.image_size)
 
-    split = models.build_split_model(config.arch, shape, raw.info.num_classes, config.cut, config.alpha)
-    model = split.full
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    previous_policy = keras.config.dtype_policy()
+    if config.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            split = models.build_split_model(config.arch, shape, raw.info.num_classes, config.cut, config.alpha)
+            model = split.full
+            model.compile(
+                optimizer=keras.optimizers.Adam(config.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     print(f"{raw.info.name}: {raw.info.num_train} train / {raw.info.num_test} test images {shape}, "
           f"{raw.info.num_classes} classes; {config.arch} cut after {config.cut} -> activations "
-          f"{split.activation_shape}; alpha {config.alpha:g}", flush=True)
+          f"{split.activation_shape}; alpha {config.alpha:g}; {strategy.num_replicas_in_sync} replica(s), "
+          f"global batch {config.batch_size}" + ("; mixed_float16" if config.mixed_precision else ""), flush=True)
 
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, CHECKPOINT_DIR), delete_checkpoint=False),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)),
-    ]
+    callbacks = [chief_backup_and_restore(os.path.join(model_dir, CHECKPOINT_DIR), writer=chief)]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)))
     started = time.time()
     history = model.fit(train_ds, validation_data=test_ds, epochs=config.epochs,
                         callbacks=callbacks, shuffle=False, verbose=config.verbose)
     train_seconds = time.time() - started
-
-    model_path = os.path.join(model_dir, MODEL_FILE)
-    model.save(model_path + ".tmp.keras")
-    os.replace(model_path + ".tmp.keras", model_path)
 
     evaluation = model.evaluate(test_ds, return_dict=True, verbose=0)
     test_dcor, dcor_batch_size = leakage.mean_batch_dcor(
@@ -232,12 +353,22 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         "num_classes": raw.info.num_classes,
         "class_names": list(raw.info.class_names),
         "data_source": raw.info.source,
+        "replicas": strategy.num_replicas_in_sync,
+        "written_by": task_name(strategy),
         "epochs_run_now": len(history.history.get("loss", [])),
         "train_seconds_now": round(train_seconds, 2),
     }
-    _write_json(os.path.join(model_dir, METRICS_FILE), metrics)
-    print(f"test accuracy {metrics['test_accuracy']:.4f}, test dCor {test_dcor:.4f} "
-          f"(mean over batches of {dcor_batch_size}); wrote {model_dir}", flush=True)
+    fingerprint = weights_fingerprint(model)
+    if chief:
+        model_path = os.path.join(model_dir, MODEL_FILE)
+        model.save(model_path + ".tmp.keras")
+        os.replace(model_path + ".tmp.keras", model_path)
+        _write_json(os.path.join(model_dir, METRICS_FILE), metrics)
+        print(f"test accuracy {metrics['test_accuracy']:.4f}, test dCor {test_dcor:.4f} "
+              f"(mean over batches of {dcor_batch_size}); wrote {model_dir}", flush=True)
+    else:
+        print(f"{task_name(strategy)}: not the chief, wrote no files", flush=True)
+    print(f"weights fingerprint {fingerprint}", flush=True)
     return metrics
 
 
@@ -259,7 +390,14 @@ def define_flags() -> None:
     flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
     flags.DEFINE_string("model_dir", None, "Output folder (default runs/<dataset>_<arch>_<cut>_alpha<alpha>).")
     flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling).")
-    flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device).")
+    flags.DEFINE_string("strategy", "default",
+                        "tf.distribute strategy: default (one device), mirrored (the local GPUs, or --devices), "
+                        "multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).")
+    flags.DEFINE_list("devices", None, "For mirrored: the devices, e.g. /gpu:0,/gpu:1 (default: all GPUs, "
+                      "or all logical CPUs when there is no GPU).")
+    flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (develop and test "
+                         "tf.distribute without GPUs).")
+    flags.DEFINE_bool("mixed_precision", False, "Train with the mixed_float16 policy (GPUs); dCor stays float32.")
     flags.DEFINE_integer("dcor_batch_size", 100, "Batch size of the test dCor (a batch statistic).")
 
 
@@ -269,7 +407,8 @@ def config_from_flags() -> TrainConfig:
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=parse_image_size(FLAGS.image_size),
         arch=FLAGS.arch, cut=FLAGS.cut, alpha=FLAGS.alpha, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
-        strategy=FLAGS.strategy, dcor_batch_size=FLAGS.dcor_batch_size,
+        strategy=FLAGS.strategy, devices=tuple(FLAGS.devices) if FLAGS.devices else None,
+        cpu_devices=FLAGS.cpu_devices, mixed_precision=FLAGS.mixed_precision, dcor_batch_size=FLAGS.dcor_batch_size,
         verbose=1 if sys.stdout.isatty() else 2,
     )
 
