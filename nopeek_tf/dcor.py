@@ -58,8 +58,8 @@ def pairwise_distances(x: tf.Tensor) -> tf.Tensor:
       [n, n] tensor of distances, same dtype as ``x``.
     """
     x = x - tf.reduce_mean(x, axis=0, keepdims=True)
-    squared_norms = tf.reduce_sum(tf.square(x), axis=1)
     gram = tf.matmul(x, x, transpose_b=True)
+    squared_norms = tf.linalg.diag_part(gram)
     squared = squared_norms[:, tf.newaxis] - 2.0 * gram + squared_norms[tf.newaxis, :]
     rounding = 8.0 * float(np.finfo(x.dtype.as_numpy_dtype).eps)
     tolerance = rounding * (squared_norms[:, tf.newaxis] + squared_norms[tf.newaxis, :])
