@@ -1,0 +1,175 @@
+r"""A local server that speaks TF Serving's REST and gRPC protocol over an exported folder.
+
+For development, the quick start and tests; production runs the real
+tensorflow_model_server (serving/docker-compose.yml, serving/kubernetes.yaml),
+and the flags below carry its names so that one can replace the other:
+
+  python -m serving.server --model_name=nopeek_orl_faces \
+      --model_base_path=runs/orl_faces_orl_cnn_conv2_alpha1/export/serving/nopeek_orl_faces
+  python -m serving.server --model_config_file=.../export/serving/models.config.local
+
+REST on --rest_api_port (8501), gRPC on --port (8500). Binds --host (default
+127.0.0.1, this machine only; TF Serving binds every interface). Loads every
+version folder, serves the highest by default, and picks up new versions every
+--file_system_poll_wait_seconds. gRPC TLS with --ssl_config_file (TF Serving's
+SSLConfig text proto); REST TLS, which TF Serving leaves to a proxy, with
+--rest_ssl_cert_file and --rest_ssl_key_file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging
+
+from nopeek_tf import runtime
+
+FLAGS = flags.FLAGS
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+def read_ssl_config(path: str):
+    """The gRPC server credentials of an SSLConfig text proto file."""
+    import grpc
+    from google.protobuf import text_format
+
+    from serving.proto import ssl_config_pb2
+
+    config = ssl_config_pb2.SSLConfig()
+    try:
+        with open(path) as f:
+            text_format.Parse(f.read(), config)
+    except (OSError, text_format.ParseError) as error:
+        raise ConfigError(f"--ssl_config_file {path}: {error}") from None
+    if not config.server_key or not config.server_cert:
+        raise ConfigError(f"--ssl_config_file {path}: needs server_key and server_cert (PEM contents)")
+    return grpc.ssl_server_credentials(
+        [(config.server_key.encode(), config.server_cert.encode())],
+        root_certificates=config.custom_ca.encode() or None,
+        require_client_auth=config.client_verify)
+
+
+def model_base_paths(model_name: str | None, model_base_path: str | None,
+                     model_config_file: str | None) -> dict[str, str]:
+    """{name: base path} from either --model_name/--model_base_path or --model_config_file."""
+    from serving.models import parse_models_config
+
+    if model_config_file:
+        if model_base_path:
+            raise ConfigError("give either --model_config_file or --model_base_path, not both")
+        try:
+            paths = parse_models_config(model_config_file)
+        except Exception as error:
+            raise ConfigError(f"--model_config_file {model_config_file}: {error}") from None
+        if not paths:
+            raise ConfigError(f"--model_config_file {model_config_file} lists no model")
+    elif model_base_path:
+        paths = {model_name or "default": model_base_path}
+    else:
+        raise ConfigError("--model_base_path (with --model_name) or --model_config_file is required")
+    for name, path in paths.items():
+        if not os.path.isdir(path):
+            raise ConfigError(f"model {name}: base path {path} is not a folder")
+    return paths
+
+
+async def serve(manager, host: str, rest_port: int, grpc_port: int, max_body_bytes: int,
+                grpc_credentials=None, rest_ssl_context: ssl.SSLContext | None = None,
+                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                rest_middlewares=(), grpc_interceptors=()) -> None:
+    """Runs the REST and gRPC servers until ``stop`` is set (or forever)."""
+    import grpc
+    from aiohttp import web
+
+    from serving import grpc_service, rest
+
+    runner = web.AppRunner(rest.make_app(manager, max_body_bytes, rest_middlewares), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, rest_port, ssl_context=rest_ssl_context).start()
+    options = [("grpc.max_receive_message_length", max_body_bytes)]
+    server = grpc.aio.server(options=options, interceptors=list(grpc_interceptors))
+    grpc_service.add_to_server(server, manager)
+    address = f"{host}:{grpc_port}"
+    bound = (server.add_secure_port(address, grpc_credentials) if grpc_credentials
+             else server.add_insecure_port(address))
+    if not bound:
+        raise ConfigError(f"--port {grpc_port}: cannot bind {address}")
+    await server.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        await server.stop(grace=1)
+        await runner.cleanup()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    runtime.import_tensorflow_quietly()
+    from serving.models import ModelManager
+
+    try:
+        paths = model_base_paths(FLAGS.model_name, FLAGS.model_base_path, FLAGS.model_config_file)
+        credentials = read_ssl_config(FLAGS.ssl_config_file) if FLAGS.ssl_config_file else None
+        rest_ssl = None
+        if FLAGS.rest_ssl_cert_file or FLAGS.rest_ssl_key_file:
+            if not (FLAGS.rest_ssl_cert_file and FLAGS.rest_ssl_key_file):
+                raise ConfigError("--rest_ssl_cert_file and --rest_ssl_key_file go together")
+            rest_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                rest_ssl.load_cert_chain(FLAGS.rest_ssl_cert_file, FLAGS.rest_ssl_key_file)
+            except (OSError, ssl.SSLError) as error:
+                raise ConfigError(f"--rest_ssl_cert_file/--rest_ssl_key_file: {error}") from None
+        manager = ModelManager(paths)
+        for name, version in manager.refresh():
+            print(f"serving {name} version {version} from {manager.base_paths[name]}", flush=True)
+        for name in paths:
+            if not manager.versions(name):
+                print(f"model {name}: no version yet under {paths[name]}; waiting for one", flush=True)
+        manager.start_polling(FLAGS.file_system_poll_wait_seconds)
+        scheme = "https" if rest_ssl else "http"
+        print(f"REST on {scheme}://{FLAGS.host}:{FLAGS.rest_api_port}, gRPC on {FLAGS.host}:{FLAGS.port}"
+              f"{' (TLS)' if credentials else ''}", flush=True)
+
+        async def run():
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await serve(manager, FLAGS.host, FLAGS.rest_api_port, FLAGS.port, FLAGS.max_body_bytes,
+                        credentials, rest_ssl, stop=stop)
+
+        asyncio.run(run())
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:
+        sys.exit(f"error: cannot listen on {FLAGS.host} (--port {FLAGS.port}, --rest_api_port "
+                 f"{FLAGS.rest_api_port}): {error.strerror or error}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_integer("port", 8500, "gRPC port (as tensorflow_model_server).")
+    flags.DEFINE_integer("rest_api_port", 8501, "REST port (as tensorflow_model_server).")
+    flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 for every interface.")
+    flags.DEFINE_string("model_name", None, "Model name (with --model_base_path).")
+    flags.DEFINE_string("model_base_path", None, "Folder of numeric version folders of one model.")
+    flags.DEFINE_string("model_config_file", None, "A model_config_list text proto (several models).")
+    flags.DEFINE_string("ssl_config_file", None, "gRPC TLS: an SSLConfig text proto (server_key, server_cert, "
+                        "custom_ca, client_verify), as tensorflow_model_server takes it.")
+    flags.DEFINE_string("rest_ssl_cert_file", None, "REST TLS: the server certificate (PEM file).")
+    flags.DEFINE_string("rest_ssl_key_file", None, "REST TLS: the server key (PEM file).")
+    flags.DEFINE_float("file_system_poll_wait_seconds", 1.0, "How often to look for new versions.")
+    flags.DEFINE_integer("max_body_bytes", 16 * 1024 * 1024, "Largest request accepted (REST and gRPC).")
+    app.run(main)
