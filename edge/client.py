@@ -1,0 +1,211 @@
+r"""The on-device NoPeek client: LiteRT runs the client half; only activations leave the device.
+
+As a command (a Raspberry Pi or a phone-class Linux device; no TensorFlow):
+
+  python -m edge.client --tflite=export/client/client_int8.tflite --server=127.0.0.1:8501 face1.pgm faces/
+
+As a library:
+
+  client = EdgeClient("export/client/client_int8.tflite", server="127.0.0.1:8500", transport="grpc")
+  result = client.classify("face.pgm")   # result.class_name, result.probability, result.device_ms, ...
+
+The manifest beside the .tflite (manifest.json, written by the exporter) says
+how to turn an image into the client's input, which server model and signature
+take its activations, and the class names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+from edge.transport import EdgeError, GrpcTransport, RestTransport, TlsFiles, with_retries
+from nopeek_tf import manifest as manifest_lib
+from nopeek_tf.litert import LiteRTModel
+
+IMAGE_EXTENSIONS = (".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclasses.dataclass
+class Prediction:
+    """The answer for one image."""
+
+    class_id: int
+    class_name: str
+    probability: float
+    probabilities: np.ndarray
+    device_ms: float
+    network_ms: float
+    bytes_sent: int
+
+
+def load_image(source, preprocessing: manifest_lib.Preprocessing) -> np.ndarray:
+    """An image (path, PIL image or uint8 array) as uint8 pixels [H, W, C] of the manifest's size.
+
+    Converts to grey or RGB as the manifest says and resizes by area averaging
+    (PIL's box filter) when the size differs.
+    """
+    from PIL import Image
+
+    if isinstance(source, np.ndarray):
+        pixels = source if source.ndim == 3 else source[..., np.newaxis]
+        if pixels.dtype != np.uint8:
+            raise EdgeError(f"image arrays must be uint8 pixels, got {pixels.dtype}")
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            image = Image.open(source)
+            image.load()
+        except (OSError, ValueError) as error:
+            raise EdgeError(f"{source}: not a readable image ({error})") from None
+    image = image.convert("L" if preprocessing.channels == 1 else "RGB")
+    height, width = preprocessing.image_size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BOX)
+    pixels = np.asarray(image, np.uint8)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+
+
+class EdgeClient:
+    """Runs the client half with LiteRT and asks TF Serving for the class.
+
+    Args:
+      tflite_path: an exported client .tflite.
+      manifest: its manifest (path or object); default manifest.json beside the .tflite.
+      server: host:port (or http(s)://host:port for REST).
+      transport: "rest" or "grpc".
+      model_name: the TF Serving model; default the manifest's.
+      model_version: a version to pin; default the manifest's (0 or None: the highest served).
+      tls: CA file (enables TLS) and optional client certificate and key.
+      timeout: seconds for each call to the server.
+      retries: retries of transient failures.
+      num_threads: LiteRT threads.
+    """
+
+    def __init__(self, tflite_path: str, manifest: str | manifest_lib.Manifest | None = None,
+                 server: str = "127.0.0.1:8501", transport: str = "rest", model_name: str | None = None,
+                 model_version: int | None = None, tls: TlsFiles | None = None, timeout: float = 10.0,
+                 retries: int = 2, num_threads: int = 1):
+        if not os.path.isfile(tflite_path):
+            raise EdgeError(f"--tflite {tflite_path}: no such file")
+        if manifest is None:
+            manifest = os.path.join(os.path.dirname(os.path.abspath(tflite_path)), manifest_lib.MANIFEST_FILE)
+        if not isinstance(manifest, manifest_lib.Manifest):
+            try:
+                manifest = manifest_lib.Manifest.load(manifest)
+            except (OSError, ValueError) as error:
+                raise EdgeError(f"--manifest: {error}") from None
+        self.manifest = manifest
+        try:
+            self.client_model = manifest.client_for_file(tflite_path)
+        except ValueError as error:
+            raise EdgeError(f"--tflite: {error}") from None
+        self.model = LiteRTModel(tflite_path, num_threads=num_threads)
+        self.retries = retries
+        name = model_name or manifest.model_name
+        version = manifest.server_version if model_version is None else (model_version or None)
+        if transport == "rest":
+            self.transport = RestTransport(server, name, version, tls, timeout)
+        elif transport == "grpc":
+            self.transport = GrpcTransport(server, name, version, tls, timeout)
+        else:
+            raise EdgeError(f"--transport must be rest or grpc, got {transport!r}")
+
+    def activations(self, pixels: np.ndarray) -> np.ndarray:
+        """Client activations for uint8 pixels [N, H, W, C] (what the device sends)."""
+        inputs = manifest_lib.client_input(pixels, self.manifest.preprocessing, self.client_model)
+        return self.model(inputs)
+
+    def classify(self, image) -> Prediction:
+        """Classifies one image (path, PIL image or uint8 array)."""
+        pixels = load_image(image, self.manifest.preprocessing)[np.newaxis]
+        start = time.perf_counter()
+        activations = self.activations(pixels)
+        device_ms = (time.perf_counter() - start) * 1000.0
+        start = time.perf_counter()
+        probabilities = with_retries(
+            lambda: self.transport.predict(activations, self.client_model.server_signature), self.retries)[0]
+        network_ms = (time.perf_counter() - start) * 1000.0
+        class_id = int(np.argmax(probabilities))
+        return Prediction(class_id=class_id, class_name=self.manifest.class_names[class_id],
+                          probability=float(probabilities[class_id]), probabilities=probabilities,
+                          device_ms=device_ms, network_ms=network_ms, bytes_sent=activations.nbytes)
+
+
+def find_images(paths: Sequence[str]) -> list[str]:
+    """The image files among ``paths``, folders searched recursively, in sorted order."""
+    images = []
+    for path in paths:
+        if os.path.isdir(path):
+            for folder, _, files in sorted(os.walk(path)):
+                images += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(path):
+            images.append(path)
+        else:
+            raise EdgeError(f"{path}: no such file or folder")
+    if not images:
+        raise EdgeError("no images found in " + ", ".join(paths))
+    return images
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m edge.client",
+        description="Classify images on the device: LiteRT computes the activations of the NoPeek client "
+                    "half and only those go to TF Serving, which runs the server half.")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--tflite", required=True, help="the exported client .tflite")
+    parser.add_argument("--manifest", help="its manifest.json (default: beside the .tflite)")
+    parser.add_argument("--server", default="127.0.0.1:8501",
+                        help="host:port of TF Serving (REST 8501, gRPC 8500), or https://host:port")
+    parser.add_argument("--transport", choices=("rest", "grpc"), default="rest")
+    parser.add_argument("--model_name", help="TF Serving model name (default: the manifest's)")
+    parser.add_argument("--model_version", type=int, help="version (default: the manifest's; 0: the highest)")
+    parser.add_argument("--ca_file", help="CA certificate (PEM) of the server: turns TLS on")
+    parser.add_argument("--client_cert", help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--client_key", help="client key (PEM) for mutual TLS")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per server call")
+    parser.add_argument("--retries", type=int, default=2, help="retries of transient failures")
+    parser.add_argument("--threads", type=int, default=1, help="LiteRT threads")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if bool(args.client_cert) != bool(args.client_key):
+            raise EdgeError("--client_cert and --client_key go together")
+        if (args.client_cert or args.client_key) and not args.ca_file:
+            raise EdgeError("--client_cert needs --ca_file (TLS)")
+        images = find_images(args.images)
+        client = EdgeClient(args.tflite, args.manifest, args.server, args.transport, args.model_name,
+                            args.model_version, TlsFiles(args.ca_file, args.client_cert, args.client_key),
+                            args.timeout, max(0, args.retries), max(1, args.threads))
+        results = []
+        for path in images:
+            result = client.classify(path)
+            results.append(result)
+            print(f"{path}: {result.class_name} (p={result.probability:.3f})  device {result.device_ms:.2f} ms, "
+                  f"network+server {result.network_ms:.2f} ms, sent {result.bytes_sent} bytes", flush=True)
+    except EdgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    raw_bytes = int(np.prod(client.manifest.preprocessing.image_size)) * client.manifest.preprocessing.channels
+    print(f"{len(results)} images via {args.transport} ({client.client_model.variant} client): device "
+          f"{statistics.median(r.device_ms for r in results):.2f} ms, network+server "
+          f"{statistics.median(r.network_ms for r in results):.2f} ms (medians); "
+          f"{results[0].bytes_sent} bytes sent per image (the raw image has {raw_bytes})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
