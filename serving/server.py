@@ -6,7 +6,7 @@ and the flags below carry its names so that one can replace the other:
 
   python -m serving.server --model_name=nopeek_orl_faces \
       --model_base_path=runs/orl_faces_orl_cnn_conv2_alpha1/export/serving/nopeek_orl_faces
-  python -m serving.server --model_config_file=.../export/serving/models.config.local
+  python -m serving.server --model_config_file=my_models.config   # several models
 
 REST on --rest_api_port (8501), gRPC on --port (8500). Binds --host (default
 127.0.0.1, this machine only; TF Serving binds every interface). Loads every

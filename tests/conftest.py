@@ -15,3 +15,28 @@ import tensorflow as tf  # noqa: E402
 
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * TEST_CPU_DEVICES)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def trained_dir(tmp_path_factory):
+    """A small NoPeek model on ORL faces at 56x46, trained long enough to be accurate (shared)."""
+    from train import train
+
+    model_dir = str(tmp_path_factory.mktemp("trained"))
+    config = train.TrainConfig(dataset="orl_faces", image_size=(56, 46), alpha=1.0, epochs=12,
+                               batch_size=16, dcor_batch_size=50, verbose=0)
+    train.train_and_evaluate(config, model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_dir, tmp_path_factory):
+    """(export dir, manifest) of all four client variants of ``trained_dir`` (shared; do not modify)."""
+    from export import export
+
+    export_dir = str(tmp_path_factory.mktemp("export"))
+    manifest = export.export_model(export.ExportConfig(model_dir=trained_dir, export_dir=export_dir),
+                                   log=lambda *_: None)
+    return export_dir, manifest

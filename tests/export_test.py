@@ -21,24 +21,6 @@ from tests.conftest import REPO_ROOT
 from train import train
 
 
-@pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory):
-    """A small NoPeek model on ORL faces at 56x46, trained long enough to be accurate."""
-    model_dir = str(tmp_path_factory.mktemp("trained"))
-    config = train.TrainConfig(dataset="orl_faces", image_size=(56, 46), alpha=1.0, epochs=12,
-                               batch_size=16, dcor_batch_size=50, verbose=0)
-    train.train_and_evaluate(config, model_dir)
-    return model_dir
-
-
-@pytest.fixture(scope="module")
-def exported(trained_dir, tmp_path_factory):
-    export_dir = str(tmp_path_factory.mktemp("export"))
-    manifest = export.export_model(export.ExportConfig(model_dir=trained_dir, export_dir=export_dir),
-                                   log=lambda *_: None)
-    return export_dir, manifest
-
-
 def test_layout_and_manifest(exported, trained_dir):
     export_dir, manifest = exported
     client_dir = os.path.join(export_dir, "client")

@@ -1,0 +1,68 @@
+"""Runs the local TF Serving-protocol server in a background thread on free loopback ports (tests)."""
+
+import asyncio
+import socket
+import threading
+
+from serving import server
+from serving.models import ModelManager
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class LocalServer:
+    """The REST and gRPC servers of serving.server over ``base_paths``, until stop()."""
+
+    def __init__(self, base_paths, max_body_bytes=16 * 1024 * 1024, poll_seconds=None, **serve_kwargs):
+        self.manager = ModelManager(base_paths)
+        self.manager.refresh()
+        if poll_seconds:
+            self.manager.start_polling(poll_seconds)
+        self.rest_port, self.grpc_port = free_ports(2)
+        self._ready = threading.Event()
+        self._error = None
+
+        def run():
+            async def main():
+                self._loop = asyncio.get_running_loop()
+                self._stop = asyncio.Event()
+                ready = asyncio.Event()
+                task = asyncio.create_task(server.serve(
+                    self.manager, "127.0.0.1", self.rest_port, self.grpc_port, max_body_bytes,
+                    ready=ready, stop=self._stop, **serve_kwargs))
+                waiter = asyncio.create_task(ready.wait())
+                await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+                self._ready.set()
+                await task
+            try:
+                asyncio.run(main())
+            except Exception as error:  # surfaced by __init__ or stop()
+                self._error = error
+                self._ready.set()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error:
+            raise self._error
+
+    @property
+    def rest(self):
+        return f"127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc(self):
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def stop(self):
+        self.manager.stop()
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)

@@ -1,0 +1,211 @@
+"""The local server against TF Serving's protocol: REST as documented, gRPC with the official stubs."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from nopeek_tf import manifest as manifest_lib
+from tests.conftest import REPO_ROOT
+from tests.local_server import LocalServer
+
+MODEL = "nopeek_orl_faces"
+
+
+@pytest.fixture(scope="module")
+def served(exported, tmp_path_factory):
+    """A server over a private copy of the exported versions (tests add versions to it)."""
+    export_dir, manifest = exported
+    base = str(tmp_path_factory.mktemp("serving") / MODEL)
+    shutil.copytree(os.path.join(export_dir, "serving", MODEL), base)
+    server = LocalServer({MODEL: base}, max_body_bytes=2 * 1024 * 1024, poll_seconds=0.2)
+    yield server, manifest, base
+    server.stop()
+
+
+def _activations(manifest, count=2, seed=0):
+    shape = manifest.activation_shape
+    return np.random.default_rng(seed).uniform(0, 1, (count, *shape)).astype(np.float32)
+
+
+def _url(server, path):
+    return f"http://{server.rest}{path}"
+
+
+def _reference(base, activations, signature="serving_default", version="1"):
+    module = tf.saved_model.load(os.path.join(base, version))
+    return {k: v.numpy() for k, v in module.signatures[signature](activations=tf.constant(activations)).items()}
+
+
+def test_rest_predict_row_format(served):
+    server, manifest, base = served
+    x = _activations(manifest)
+    body = {"signature_name": "serving_default", "instances": x.tolist()}
+    answer = requests.post(_url(server, f"/v1/models/{MODEL}:predict"), json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    expected = _reference(base, x)
+    assert len(predictions) == 2 and set(predictions[0]) == {"probabilities", "class_ids", "logits"}
+    np.testing.assert_allclose([p["probabilities"] for p in predictions], expected["probabilities"], atol=1e-6)
+    assert [p["class_ids"] for p in predictions] == expected["class_ids"].tolist()
+    # Named inputs per instance, as TF Serving's documentation also writes them.
+    named = {"instances": [{"activations": row} for row in x.tolist()]}
+    answer = requests.post(_url(server, f"/v1/models/{MODEL}/versions/1:predict"), json=named, timeout=30)
+    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 2
+
+
+def test_rest_predict_columnar_and_int8(served):
+    server, manifest, base = served
+    x = _activations(manifest)
+    answer = requests.post(_url(server, f"/v1/models/{MODEL}:predict"), json={"inputs": {"activations": x.tolist()}},
+                           timeout=30)
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(answer.json()["outputs"]["logits"], _reference(base, x)["logits"], atol=1e-5)
+    q = np.random.default_rng(1).integers(-128, 128, (1, *manifest.activation_shape)).astype(np.int8)
+    answer = requests.post(_url(server, f"/v1/models/{MODEL}:predict"),
+                           json={"signature_name": "serving_int8", "inputs": q.tolist()}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(answer.json()["outputs"]["logits"],
+                               _reference(base, q, "serving_int8")["logits"], atol=1e-5)
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    (f"/v1/models/{MODEL}:predict", "not json", 400, "not valid JSON"),
+    (f"/v1/models/{MODEL}:predict", {"instances": [[1, 2]]}, 400, "has shape [1, 2]"),
+    (f"/v1/models/{MODEL}:predict", {"instances": [], "inputs": []}, 400, "exactly one of"),
+    (f"/v1/models/{MODEL}:predict", {"inputs": {"pixels": [1]}}, 400, "unknown input names"),
+    (f"/v1/models/{MODEL}:predict", {"signature_name": "nope", "inputs": [1]}, 400, "\"nope\" not found"),
+    (f"/v1/models/{MODEL}:predict", {"signature_name": "serving_int8", "inputs": [[300]]}, 400, "outside the range"),
+    ("/v1/models/unknown:predict", {"inputs": [1]}, 404, "Servable not found"),
+    (f"/v1/models/{MODEL}/versions/99:predict", {"inputs": [1]}, 404, "Specific(nopeek_orl_faces, 99)"),
+])
+def test_rest_errors_are_json_with_status_and_the_server_keeps_serving(served, path, body, status, message):
+    server, manifest, _ = served
+    kwargs = {"data": body} if isinstance(body, str) else {"json": body}
+    answer = requests.post(_url(server, path), timeout=30, **kwargs)
+    assert answer.status_code == status
+    assert message in answer.json()["error"]
+    ok = requests.post(_url(server, f"/v1/models/{MODEL}:predict"),
+                       json={"instances": _activations(manifest, 1).tolist()}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_rest_body_limit(served):
+    server, _, _ = served
+    answer = requests.post(_url(server, f"/v1/models/{MODEL}:predict"), data=b"[" + b"0," * 2_000_000 + b"0]",
+                           timeout=30)
+    assert answer.status_code == 413 and "larger than the limit" in answer.json()["error"]
+
+
+def test_rest_status_and_metadata(served):
+    server, manifest, _ = served
+    status = requests.get(_url(server, f"/v1/models/{MODEL}/versions/1"), timeout=30).json()
+    assert status["model_version_status"][0] == {"version": "1", "state": "AVAILABLE",
+                                                 "status": {"error_code": "OK", "error_message": ""}}
+    metadata = requests.get(_url(server, f"/v1/models/{MODEL}/versions/1/metadata"), timeout=30).json()
+    assert metadata["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    dims = [int(d["size"]) for d in signature["inputs"]["activations"]["tensor_shape"]["dim"]]
+    assert dims == [-1, *manifest.activation_shape]
+    assert signature["method_name"] == "tensorflow/serving/predict"
+    assert requests.get(_url(server, "/v1/models/unknown"), timeout=30).status_code == 404
+
+
+def test_grpc_predict_and_metadata_with_the_official_stubs(served):
+    server, manifest, base = served
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+    x = _activations(manifest)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["activations"].CopyFrom(tf.make_tensor_proto(x))
+    response = stub.Predict(request, timeout=30)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["probabilities"]),
+                               _reference(base, x)["probabilities"], atol=1e-6)
+    assert response.model_spec.name == MODEL and response.model_spec.version.value >= 1
+
+    q = np.zeros((1, *manifest.activation_shape), np.int8)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = "serving_int8"
+    request.model_spec.version.value = 1
+    request.inputs["activations"].CopyFrom(tf.make_tensor_proto(q))
+    assert tf.make_ndarray(stub.Predict(request, timeout=30).outputs["class_ids"]).shape == (1,)
+
+    meta_request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    meta_request.model_spec.name = MODEL
+    meta = stub.GetModelMetadata(meta_request, timeout=30)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    meta.metadata["signature_def"].Unpack(signatures)
+    assert {"serving_default", "serving_int8"} <= set(signatures.signature_def)
+
+    request.model_spec.name = "unknown"
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    request.model_spec.name = MODEL
+    request.inputs["activations"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 3), np.int8)))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_new_version_is_served_without_a_restart(served):
+    server, manifest, base = served
+    shutil.copytree(os.path.join(base, "1"), os.path.join(base, ".tmp-2"))
+    os.rename(os.path.join(base, ".tmp-2"), os.path.join(base, "2"))  # as the exporter does: atomically
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        versions = requests.get(_url(server, f"/v1/models/{MODEL}"), timeout=30).json()["model_version_status"]
+        if [v["version"] for v in versions] == ["1", "2"]:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("version 2 was not picked up")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["activations"].CopyFrom(tf.make_tensor_proto(_activations(manifest, 1)))
+    assert stub.Predict(request, timeout=30).model_spec.version.value == 2
+
+
+def test_cli_bad_flags_give_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "serving.server", f"--model_base_path={tmp_path}/missing",
+                             "--model_name=m"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and "is not a folder" in lines[0], result.stderr
+
+
+def test_cli_serves_the_models_config(exported, tmp_path):
+    """python -m serving.server with --model_config_file, as tensorflow_model_server takes it."""
+    export_dir, manifest = exported
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "{MODEL}" '
+                      f'base_path: "{os.path.join(export_dir, "serving", MODEL)}" model_platform: "tensorflow" }} }}')
+    from tests.local_server import free_ports
+    rest_port, grpc_port = free_ports(2)
+    process = subprocess.Popen([sys.executable, "-m", "serving.server", f"--model_config_file={config}",
+                                f"--rest_api_port={rest_port}", f"--port={grpc_port}"], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}", timeout=5)
+                break
+            except requests.exceptions.ConnectionError:
+                assert process.poll() is None, process.communicate()[1]
+                time.sleep(0.2)
+        assert answer.status_code == 200
+    finally:
+        process.terminate()
+        stdout, _ = process.communicate(timeout=60)
+    assert f"serving {MODEL} version 1" in stdout and "127.0.0.1" in stdout
