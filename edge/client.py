@@ -49,8 +49,8 @@ class Prediction:
 def load_image(source, preprocessing: manifest_lib.Preprocessing) -> np.ndarray:
     """An image (path, PIL image or uint8 array) as uint8 pixels [H, W, C] of the manifest's size.
 
-    Converts to grey or RGB as the manifest says and resizes by area averaging
-    (PIL's box filter) when the size differs.
+    Converts to grey or RGB as the manifest says and, when the size differs,
+    resizes as the training pipeline does (``manifest.resize_area``).
     """
     from PIL import Image
 
@@ -67,12 +67,9 @@ def load_image(source, preprocessing: manifest_lib.Preprocessing) -> np.ndarray:
             image.load()
         except (OSError, ValueError) as error:
             raise EdgeError(f"{source}: not a readable image ({error})") from None
-    image = image.convert("L" if preprocessing.channels == 1 else "RGB")
-    height, width = preprocessing.image_size
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.BOX)
-    pixels = np.asarray(image, np.uint8)
-    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+    pixels = np.asarray(image.convert("L" if preprocessing.channels == 1 else "RGB"), np.uint8)
+    pixels = pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+    return manifest_lib.resize_area(pixels, preprocessing.image_size)
 
 
 class EdgeClient:

@@ -67,10 +67,9 @@ class RestTransport:
         self.timeout = timeout
         self.columnar = columnar
         self.session = requests.Session()
-        if self.url.startswith("https://"):
-            self.session.verify = self.tls.ca_file or True
-            if self.tls.client_cert:
-                self.session.cert = (self.tls.client_cert, self.tls.client_key)
+        # Passed with each request: a Session's verify would lose to REQUESTS_CA_BUNDLE in the environment.
+        self.verify = (self.tls.ca_file or True) if self.url.startswith("https://") else True
+        self.cert = (self.tls.client_cert, self.tls.client_key) if self.tls.client_cert else None
 
     def request_body(self, activations: np.ndarray, signature_name: str) -> dict:
         key = "inputs" if self.columnar else "instances"
@@ -82,7 +81,7 @@ class RestTransport:
 
         try:
             response = self.session.post(self.url, json=self.request_body(activations, signature_name),
-                                         timeout=self.timeout)
+                                         timeout=self.timeout, verify=self.verify, cert=self.cert)
         except requests.exceptions.SSLError as error:
             raise EdgeError(f"TLS with {self.url} failed: {error}") from None
         except requests.exceptions.Timeout:

@@ -208,17 +208,6 @@ def _take_pixels(dataset, count: int):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _resize_pixels(pixels, image_size):
-    """Resizes uint8 images like training does (area), back to uint8 pixels."""
-    import numpy as np
-    import tensorflow as tf
-
-    if not image_size:
-        return pixels
-    resized = tf.image.resize(tf.cast(pixels, tf.float32), image_size, method="area")
-    return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
-
-
 def _load_trained(model_dir: str):
     import keras
 
@@ -287,8 +276,9 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         shape = metrics["input_shape"]
         train_pixels, _ = _take_pixels(raw.train.shuffle(10_000, seed=0), config.representative_images)
         test_pixels, test_labels = _take_pixels(raw.test, config.parity_images)
-        train_pixels = _resize_pixels(train_pixels, image_size)
-        test_pixels = _resize_pixels(test_pixels, image_size)
+        if image_size:
+            train_pixels = np.stack([manifest_lib.resize_area(p, image_size) for p in train_pixels])
+            test_pixels = np.stack([manifest_lib.resize_area(p, image_size) for p in test_pixels])
         preprocessing = manifest_lib.Preprocessing(image_size=list(shape[:2]), channels=int(shape[2]))
         keras_logits = split.full.predict(test_pixels.astype(np.float32) * np.float32(preprocessing.scale),
                                           batch_size=100, verbose=0)

@@ -253,13 +253,13 @@ def make_pipeline(
     image_size: Sequence[int] | None = None,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
-    """Scales pixels to [0, 1] (and resizes), caches, shuffles, batches, prefetches."""
+    """Resizes (area, to uint8 pixels), scales pixels to [0, 1], caches, shuffles, batches, prefetches."""
 
     def scale(image, label):
-        image = tf.cast(image, tf.float32) / 255.0
-        if image_size:
+        if image_size:  # to uint8 pixels of the new size first, as a device does (manifest.resize_area)
             image = tf.image.resize(image, image_size, method="area")
-        return image, label
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        return tf.cast(image, tf.float32) / 255.0, label
 
     ds = raw.map(scale, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if shuffle:

@@ -51,8 +51,9 @@ class Preprocessing:
     """How a decoded image (uint8 pixels, HxWxC) becomes the model's float input.
 
     The device converts the image to ``channels`` (1: grey, 3: RGB), resizes it
-    to ``image_size`` (height, width) when it differs (area averaging), and
-    multiplies the pixels by ``scale``. A quantized client input then takes
+    to ``image_size`` (height, width) when it differs (:func:`resize_area`: area
+    averaging, rounded to uint8 pixels, exactly as the training pipeline does),
+    and multiplies the pixels by ``scale``. A quantized client input then takes
     ``round(x / input.scale) + input.zero_point``.
     """
 
@@ -162,6 +163,31 @@ def quantize(values: np.ndarray, quantization: Quantization, dtype: str) -> np.n
 def dequantize(values: np.ndarray, quantization: Quantization) -> np.ndarray:
     """Integers -> float32 reals with ``quantization``."""
     return (quantization.scale * (values.astype(np.float32) - quantization.zero_point)).astype(np.float32)
+
+
+def _area_weights(source: int, target: int) -> np.ndarray:
+    """[target, source] matrix: the share of each source pixel in each target pixel."""
+    scale = source / target
+    edges = np.arange(target + 1) * scale
+    starts, ends = edges[:-1, None], edges[1:, None]
+    pixels = np.arange(source)[None, :]
+    overlap = np.clip(np.minimum(ends, pixels + 1) - np.maximum(starts, pixels), 0.0, None)
+    return overlap / scale
+
+
+def resize_area(pixels: np.ndarray, image_size: list[int] | tuple[int, int]) -> np.ndarray:
+    """Resizes uint8 pixels [H, W, C] by area averaging and rounds to uint8.
+
+    The same as the training pipeline's ``tf.image.resize(..., method="area")``
+    followed by rounding (half to even), without TensorFlow.
+    """
+    height, width = image_size
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    rows = _area_weights(pixels.shape[0], height)
+    columns = _area_weights(pixels.shape[1], width)
+    resized = np.einsum("ih,hwc,jw->ijc", rows, pixels.astype(np.float64), columns)
+    return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
 def client_input(pixels: np.ndarray, preprocessing: Preprocessing, client: ClientModel) -> np.ndarray:
