@@ -12,17 +12,26 @@ from train import train
 
 
 @pytest.mark.slow
-def test_quick_start_training_run(tmp_path):
-    """The README's main job with its default flags: NoPeek on ORL faces."""
-    model_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "train.train", f"--model_dir={model_dir}"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr
+def test_quick_start(tmp_path):
+    """The README's main job: train NoPeek on ORL, export, serve, classify on the edge client."""
+    from tests.local_server import free_ports
+
+    run_dir = tmp_path / "run"
+    rest_port, grpc_port = free_ports(2)
+    env = {**os.environ, "REST_PORT": str(rest_port), "GRPC_PORT": str(grpc_port)}
+    result = subprocess.run(["bash", "quickstart.sh", str(run_dir)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=1800, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test accuracy" in result.stdout and "test dCor" in result.stdout
-    metrics = json.loads((model_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dataset"] == "orl_faces" and metrics["alpha"] > 0
     assert metrics["test_accuracy"] > 0.8  # 40 people: chance is 0.025
     assert metrics["test_dcor"] < 0.95  # without NoPeek it stays above 0.99
+    assert "20 images via grpc (int8 client)" in result.stdout
+    assert "10 images via rest (float32 client)" in result.stdout
+    predicted = [line.split(": ")[1].split(" ")[0] for line in result.stdout.splitlines() if ".pgm: " in line]
+    truth = [line.split("/")[-2] for line in result.stdout.splitlines() if ".pgm: " in line]
+    assert sum(p == t for p, t in zip(predicted, truth)) >= 0.8 * len(truth)
 
 
 @pytest.mark.slow
