@@ -104,7 +104,7 @@ def test_training_lowers_dcor_with_nopeek():
         split = models.build_split_model("mnist_cnn", (28, 28, 1), 10, alpha=alpha)
         split.full.compile(optimizer=keras.optimizers.Adam(1e-2),
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        split.full.fit(x, y, batch_size=32, epochs=30, verbose=0)
+        split.full.fit(x, y, batch_size=32, epochs=12, verbose=0)
         values[alpha] = float(distance_correlation(x, split.client(x)))
     assert values[5.0] < values[0.0] - 0.05, values
 

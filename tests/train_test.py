@@ -65,20 +65,41 @@ def _run_cli(args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.parametrize("config, flag", [
+    (dict(dataset="no_such_dataset"), "--dataset"),
+    (dict(arch="vgg"), "--arch"),
+    (dict(cut="conv9"), "--cut"),
+    (dict(alpha=-1.0), "--alpha"),
+    (dict(batch_size=1), "--batch_size"),
+])
+def test_bad_settings_name_the_flag(tmp_path, config, flag):
+    from nopeek_tf.data import DatasetError
+
+    with pytest.raises((train.UsageError, DatasetError)) as error:
+        train.train_and_evaluate(train.TrainConfig(**config, verbose=0), str(tmp_path / "run"))
+    message = f"--dataset: {error.value}" if isinstance(error.value, DatasetError) else str(error.value)
+    assert message.startswith(flag)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_image_size_and_model_dir_name_the_flag(tmp_path):
+    with pytest.raises(train.UsageError, match="^--image_size must look like HEIGHTxWIDTH"):
+        train.parse_image_size("big")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(train.UsageError, match="^--model_dir .* cannot be written"):
+        train.train_and_evaluate(train.TrainConfig(**SMALL_ORL, epochs=1), str(tmp_path / "file" / "run"))
+
+
 def test_bad_flags_end_with_one_line_naming_the_flag(tmp_path):
+    """The command line: one line on stderr, non-zero exit, no traceback (one process per case)."""
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
     cases = {
-        "--dataset": ["--dataset=no_such_dataset"],
-        "--arch": ["--arch=vgg"],
-        "--cut": ["--cut=conv9"],
-        "--alpha": ["--alpha=-1"],
-        "--batch_size": ["--batch_size=1"],
+        "--dataset": ["--dataset=no_such_dataset", f"--model_dir={tmp_path / 'unused'}"],
+        "--alpha": ["--alpha=-1", f"--model_dir={tmp_path / 'unused'}"],
         "--model_dir": [f"--model_dir={not_a_folder}/run"],
-        "--image_size": ["--image_size=big"],
     }
-    processes = {flag: _run_cli(args + [f"--model_dir={tmp_path / 'unused'}"] if flag != "--model_dir" else args)
-                 for flag, args in cases.items()}
+    processes = {flag: _run_cli(args) for flag, args in cases.items()}
     for flag, process in processes.items():
         stdout, stderr = process.communicate(timeout=300)
         lines = [line for line in stderr.splitlines() if line.strip()]
