@@ -100,12 +100,14 @@ def distance_correlation(x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
             f"distance correlation: batch sizes differ, x has {x.shape[0]} samples and z has {z.shape[0]}"
         )
     if x.shape[0] is None or z.shape[0] is None:
-        tf.debugging.assert_equal(
-            tf.shape(x)[0], tf.shape(z)[0],
-            message="distance correlation: batch sizes of x and z differ")
-        tf.debugging.assert_greater_equal(
-            tf.shape(x)[0], 2,
-            message="distance correlation needs a batch of at least 2 samples")
+        checks = [
+            tf.debugging.assert_equal(tf.shape(x)[0], tf.shape(z)[0],
+                                      message="distance correlation: batch sizes of x and z differ"),
+            tf.debugging.assert_greater_equal(tf.shape(x)[0], 2,
+                                              message="distance correlation needs a batch of at least 2 samples"),
+        ]
+        with tf.control_dependencies(checks):  # the checks run before any op that would fail less clearly
+            x, z = tf.identity(x), tf.identity(z)
 
     a = _double_centre(pairwise_distances(x))
     b = _double_centre(pairwise_distances(z))
