@@ -28,6 +28,7 @@ import numpy as np
 
 from edge.transport import EdgeError, GrpcTransport, RestTransport, TlsFiles, with_retries
 from nopeek_tf import manifest as manifest_lib
+from nopeek_tf import runtime
 from nopeek_tf.litert import LiteRTModel
 
 IMAGE_EXTENSIONS = (".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
@@ -177,6 +178,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.run_from_invocation_directory()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if bool(args.client_cert) != bool(args.client_key):

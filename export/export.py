@@ -365,6 +365,7 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    runtime.run_from_invocation_directory()
     if not FLAGS.model_dir:
         sys.exit("error: --model_dir is required (a folder written by python -m train.train)")
     logging.set_verbosity(logging.WARNING)

@@ -61,3 +61,10 @@ def import_tensorflow_quietly():
         import tensorflow as tf
         tf.config.list_physical_devices()
     return tf
+
+
+def run_from_invocation_directory() -> None:
+    """Under ``bazel run``, makes relative paths relative to where the user typed the command."""
+    directory = os.environ.get("BUILD_WORKING_DIRECTORY")
+    if directory:
+        os.chdir(directory)

@@ -116,6 +116,7 @@ async def serve(manager, host: str, rest_port: int, grpc_port: int, max_body_byt
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    runtime.run_from_invocation_directory()
     logging.set_verbosity(logging.WARNING)
     runtime.import_tensorflow_quietly()
     from serving.models import ModelManager

@@ -416,6 +416,7 @@ def config_from_flags() -> TrainConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    runtime.run_from_invocation_directory()
     logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (tfds) would drown the output
     runtime.import_tensorflow_quietly()
     from nopeek_tf.data import DatasetError
