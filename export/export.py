@@ -225,6 +225,17 @@ def _load_trained(model_dir: str):
     return models.split_halves(keras.models.load_model(model_path, compile=False)), metrics
 
 
+def privacy_card(model_dir: str) -> dict | None:
+    """What the client leaks, from <model_dir>/leakage.json (python -m train.leakage), or None."""
+    path = os.path.join(model_dir, "leakage.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        leakage = json.load(f)
+    return {key: leakage[key] for key in ("worst_attack", "worst_ssim", "worst_psnr", "test_dcor",
+                                          "dcor_batch_size", "client")}
+
+
 def _prepare_export_dir(export_dir: str) -> str:
     try:
         os.makedirs(export_dir, exist_ok=True)
@@ -327,7 +338,8 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
             class_names=list(metrics["class_names"]), arch=metrics["arch"], cut=metrics["cut"],
             alpha=float(metrics["alpha"]), preprocessing=preprocessing,
             activation_shape=list(metrics["activation_shape"]), clients=clients,
-            source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")})
+            source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
+            privacy=privacy_card(config.model_dir))
         manifest.save(os.path.join(staging, CLIENT_DIR))
 
         # Move into place: the new version, then the client folder that pairs with it.
