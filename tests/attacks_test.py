@@ -37,6 +37,7 @@ def test_metrics():
     assert psnr_noisy < 30 and ssim_noisy < 0.95
 
 
+@pytest.mark.slow
 def test_attacks_reconstruct_a_leaky_client_and_not_a_blind_one(faces):
     (train_x, _), (test_x, test_y) = faces
     leaky = _pooling_client()

@@ -23,7 +23,7 @@ def _run_step(replicas, tmp_path):
     return dict(np.load(output))
 
 
-@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_mirrored_step_equals_single_device_step(replicas, tmp_path):
     step = _run_step(replicas, tmp_path)
     assert float(step["mirrored_dcor"]) == pytest.approx(float(step["single_dcor"]), abs=1e-5)

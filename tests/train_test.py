@@ -109,6 +109,7 @@ def test_bad_flags_end_with_one_line_naming_the_flag(tmp_path):
     assert not (tmp_path / "unused").exists()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
     model_dir = tmp_path / "run"
     args = ["--dataset=orl_faces", "--image_size=28x23", "--batch_size=4", "--epochs=8",
