@@ -61,7 +61,9 @@ class AttackInput:
       train_images: the attacker's auxiliary images of the same kind (never scored).
       test_images: the victims' images, float [0, 1].
       test_labels: their classes, for the recogniser.
-      recognizer: a classifier trained on raw images (image -> logits), or None.
+      recognizer: a separate classifier trained on raw images (image -> logits), or
+        None. Not the attacked model: it would recognise an inversion from the
+        very activations the inversion matched.
     """
 
     client: Callable[[np.ndarray], np.ndarray]

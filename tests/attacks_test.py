@@ -104,7 +104,8 @@ def test_leakage_script_writes_the_privacy_card_the_exporter_copies(trained_dir,
     model_dir = str(tmp_path / "model")
     shutil.copytree(trained_dir, model_dir)
     tiny = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=5, inversion_images=4)
-    result = leakage.evaluate_leakage(model_dir, budget=tiny, train_images=64, test_images=60)
+    result = leakage.evaluate_leakage(model_dir, budget=tiny, train_images=64, test_images=60,
+                                      recognizer_epochs=1)
     written = json.load(open(os.path.join(model_dir, "leakage.json")))
     assert written["worst_ssim"] == max(a["ssim"] for a in written["attacks"]) == result["worst_ssim"]
     assert {a["attack"] for a in written["attacks"]} == set(attacks.ATTACKS)

@@ -95,8 +95,27 @@ def save_grid(path: str, originals, rows: dict, columns: int = 8) -> None:
     plt.close(figure)
 
 
+def train_recognizer(metrics: dict, images, labels, epochs: int):
+    """A separate classifier trained on raw images (same architecture, no NoPeek), to judge reconstructions.
+
+    Not the attacked model: it would recognise an inverted image from the very
+    activations the inversion matched.
+    """
+    import keras
+
+    from nopeek_tf import models
+
+    keras.utils.set_random_seed(1)
+    recognizer = models.build_split_model(metrics["arch"], images.shape[1:], metrics["num_classes"],
+                                          metrics["cut"], alpha=0.0).full
+    recognizer.compile(optimizer=keras.optimizers.Adam(1e-3),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    recognizer.fit(images, labels, batch_size=32, epochs=epochs, verbose=0)
+    return recognizer
+
+
 def evaluate_leakage(model_dir: str, tflite: str | None = None, budget=None, train_images: int = 2000,
-                     test_images: int = 1000, seed: int = 0) -> dict:
+                     test_images: int = 1000, seed: int = 0, recognizer_epochs: int = 20) -> dict:
     """Attacks the client of ``model_dir`` and writes leakage.json, leakage.csv and reconstructions.png."""
     import keras
     import numpy as np
@@ -113,7 +132,7 @@ def evaluate_leakage(model_dir: str, tflite: str | None = None, budget=None, tra
     split = models.split_halves(keras.models.load_model(model_path, compile=False))
     raw = data.load(metrics["dataset"], metrics.get("data_dir"))
     image_size = metrics.get("image_size")
-    train_x, _ = _arrays(raw.train, image_size, train_images)
+    train_x, train_y = _arrays(raw.train, image_size, train_images)
     test_x, test_y = _arrays(raw.test, image_size, test_images)
     if tflite:
         client, variant = tflite_client(tflite)
@@ -121,7 +140,8 @@ def evaluate_leakage(model_dir: str, tflite: str | None = None, budget=None, tra
         client, variant = (lambda x: split.client.predict(x, batch_size=256, verbose=0)), "keras"
     report = attacks.run_attacks(attacks.AttackInput(
         client=client, client_model=split.client, train_images=train_x, test_images=test_x,
-        test_labels=test_y, recognizer=split.full), budget, seed=seed)
+        test_labels=test_y, recognizer=train_recognizer(metrics, train_x, train_y, recognizer_epochs)),
+        budget, seed=seed)
     test_dcor, dcor_batch_size = leakage.mean_batch_dcor(
         lambda x, training=False: client(np.asarray(x)), tf.data.Dataset.from_tensor_slices(test_x),
         metrics["dcor_batch_size"])
@@ -151,7 +171,8 @@ def main(argv):
     budget = attacks.AttackBudget(decoder_epochs=FLAGS.decoder_epochs, inversion_steps=FLAGS.inversion_steps,
                                   inversion_images=FLAGS.inversion_images)
     try:
-        result = evaluate_leakage(FLAGS.model_dir, FLAGS.tflite, budget, FLAGS.train_images, FLAGS.test_images)
+        result = evaluate_leakage(FLAGS.model_dir, FLAGS.tflite, budget, FLAGS.train_images, FLAGS.test_images,
+                                  recognizer_epochs=FLAGS.recognizer_epochs)
     except LeakageError as error:
         sys.exit(f"error: {error}")
     for attack in result["attacks"]:
@@ -169,4 +190,5 @@ if __name__ == "__main__":
     flags.DEFINE_integer("inversion_images", 32, "Scored images the inversion attack reconstructs.")
     flags.DEFINE_integer("train_images", 2000, "Training images the public-client attacker uses.")
     flags.DEFINE_integer("test_images", 1000, "Test images (leaked share + scored share).")
+    flags.DEFINE_integer("recognizer_epochs", 20, "Epochs of the separate classifier that judges reconstructions.")
     app.run(main)
