@@ -38,6 +38,7 @@ from absl import app, flags, logging
 
 from nopeek_tf import manifest as manifest_lib
 from nopeek_tf import runtime
+from nopeek_tf.litert import LiteRTModel
 
 CLIENT_DIR = "client"
 SERVING_DIR = "serving"
@@ -170,15 +171,12 @@ def models_config_text(model_name: str, base_path: str) -> str:
     )
 
 
-def check_parity(tflite_bytes: bytes, client_model: manifest_lib.ClientModel, preprocessing,
+def check_parity(litert: LiteRTModel, client_model: manifest_lib.ClientModel, preprocessing,
                  server_signatures, pixels, labels, keras_logits) -> dict:
     """LiteRT client + server SavedModel against the Keras full model on held-out images."""
     import numpy as np
     import tensorflow as tf
 
-    from nopeek_tf.litert import LiteRTModel
-
-    litert = LiteRTModel(tflite_bytes)
     signature = server_signatures[client_model.server_signature]
     logits = []
     for start in range(0, len(pixels), 100):
@@ -295,17 +293,15 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
                                           batch_size=100, verbose=0)
 
         os.makedirs(os.path.join(staging, CLIENT_DIR))
-        tflite_models, clients = {}, {}
+        # A black and a white image make the int8 input cover every pixel value:
+        # uint8 pixels then map exactly (scale 1/255, zero point 0).
+        extremes = np.stack([np.zeros_like(train_pixels[0]), np.full_like(train_pixels[0], 255)])
+        representative = np.concatenate([extremes, train_pixels]).astype(np.float32) * np.float32(preprocessing.scale)
+        tflite_models, interpreters, clients = {}, {}, {}
         for variant in config.variants:
             log(f"converting the client to TFLite: {variant}")
-            # A black and a white image make the int8 input cover every pixel value:
-            # uint8 pixels then map exactly (scale 1/255, zero point 0).
-            extremes = np.stack([np.zeros_like(train_pixels[0]), np.full_like(train_pixels[0], 255)])
-            representative = np.concatenate([extremes, train_pixels]).astype(np.float32) * np.float32(preprocessing.scale)
             tflite_models[variant] = convert_client(split.client, variant, representative)
-            from nopeek_tf.litert import LiteRTModel
-
-            litert = LiteRTModel(tflite_models[variant])
+            litert = interpreters[variant] = LiteRTModel(tflite_models[variant])
             flex = sorted(op for op in litert.op_names() if op.lower().startswith("flex"))
             if flex:
                 raise ExportError(f"the {variant} client uses Flex ops {', '.join(flex)}; devices cannot run them")
@@ -324,7 +320,7 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         build_server_savedmodel(split.server, server_path, int8_quantization)
         signatures = tf.saved_model.load(server_path).signatures
         for variant, client in clients.items():
-            client.parity = check_parity(tflite_models[variant], client, preprocessing, signatures,
+            client.parity = check_parity(interpreters[variant], client, preprocessing, signatures,
                                          test_pixels, test_labels, keras_logits)
             p = client.parity
             log(f"parity {variant:8s}: top-1 agreement {p['top1_agreement']:.4f}, max |logit diff| "
