@@ -220,7 +220,11 @@ def _load_trained(model_dir: str):
                           f"train first: python -m train.train --model_dir={model_dir}")
     with open(metrics_path) as f:
         metrics = json.load(f)
-    return models.split_halves(keras.models.load_model(model_path, compile=False)), metrics
+    split = models.split_halves(keras.models.load_model(model_path, compile=False))
+    if split.noise is not None:
+        raise ExportError(f"--model_dir {model_dir} is a noise baseline (trained with --noise): its client "
+                          f"would ship without the noise it was evaluated with; export a NoPeek model instead")
+    return split, metrics
 
 
 def privacy_card(model_dir: str) -> dict | None:

@@ -32,6 +32,7 @@ from nopeek_tf.dcor import distance_correlation
 CLIENT_NAME = "client"
 SERVER_NAME = "server"
 NOPEEK_NAME = "nopeek"
+NOISE_NAME = "noise"
 DCOR_METRIC_NAME = "dcor"
 
 
@@ -46,7 +47,8 @@ class DistanceCorrelationLoss(keras.layers.Layer):
     of one sample has no dCor: it adds nothing and does not count in the metric.
 
     Args:
-      alpha: weight of the dCor term; 0 only measures.
+      alpha: weight of the dCor term; 0 only measures. :class:`AlphaSchedule`
+        can warm it up during training.
     """
 
     def __init__(self, alpha: float = 0.0, **kwargs):
@@ -54,6 +56,8 @@ class DistanceCorrelationLoss(keras.layers.Layer):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
+        # The share of alpha in force now (1 unless an AlphaSchedule warms it up).
+        self.alpha_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="alpha_scale")
         self.dcor_tracker = keras.metrics.Mean(name=DCOR_METRIC_NAME)
         self._loss_threads: dict[int, int] = {}
 
@@ -89,7 +93,7 @@ class DistanceCorrelationLoss(keras.layers.Layer):
         raw, activations = inputs
         value, weight = self.batch_dcor(raw, activations)
         if training and self.alpha > 0:
-            loss = self.alpha * value * weight
+            loss = self.alpha * self.alpha_scale * value * weight
             self.add_loss(loss)
             self._loss_threads[id(loss)] = threading.get_ident()
         self.dcor_tracker.update_state(value, sample_weight=weight)
@@ -113,6 +117,85 @@ class DistanceCorrelationLoss(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="nopeek_tf")
+class ActivationNoise(keras.layers.Layer):
+    """Adds noise to each sample's activations, in training and at inference (the noise baseline).
+
+    The noise is relative to the sample's own spread: ``scale * std(z_i) * eps``
+    with ``eps`` standard Gaussian or uniform on [-sqrt(3), sqrt(3)] (also unit
+    variance). Being relative, the client cannot learn to drown it by scaling
+    its activations up, and a device can add it to one sample alone.
+
+    Args:
+      kind: "gaussian" or "uniform".
+      scale: noise-to-signal ratio of standard deviations.
+    """
+
+    KINDS = ("gaussian", "uniform")
+
+    def __init__(self, kind: str = "gaussian", scale: float = 1.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in self.KINDS:
+            raise ValueError(f"noise kind must be one of {', '.join(self.KINDS)}, got {kind!r}")
+        if scale < 0:
+            raise ValueError(f"noise scale must be >= 0, got {scale}")
+        self.kind, self.scale, self.seed = kind, float(scale), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, activations):
+        axes = list(range(1, len(activations.shape)))
+        spread = keras.ops.stop_gradient(keras.ops.std(activations, axis=axes, keepdims=True))
+        if self.kind == "gaussian":
+            eps = keras.random.normal(keras.ops.shape(activations), seed=self.seed_generator)
+        else:
+            limit = 3.0 ** 0.5
+            eps = keras.random.uniform(keras.ops.shape(activations), -limit, limit, seed=self.seed_generator)
+        return activations + self.scale * spread * keras.ops.cast(eps, activations.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "scale": self.scale, "seed": self.seed}
+
+
+class AlphaSchedule(keras.callbacks.Callback):
+    """Warms the NoPeek weight up: 0 for ``warmup_epochs``, then linear to alpha over ``ramp_epochs``.
+
+    Updated every training step from the optimizer's step count, so a resumed
+    run continues the schedule where it stopped.
+
+    Args:
+      warmup_epochs: epochs (may be fractional) trained on the task loss alone.
+      ramp_epochs: epochs over which alpha then rises linearly to its full value.
+    """
+
+    def __init__(self, warmup_epochs: float = 0.0, ramp_epochs: float = 0.0):
+        super().__init__()
+        if warmup_epochs < 0 or ramp_epochs < 0:
+            raise ValueError("warm-up and ramp epochs must be >= 0")
+        self.warmup_epochs, self.ramp_epochs = warmup_epochs, ramp_epochs
+        self._last = None
+        self._epoch = 0
+
+    def scale_at(self, epoch: float) -> float:
+        """The share of alpha in force at a (fractional) epoch."""
+        if epoch < self.warmup_epochs:
+            return 0.0
+        if self.ramp_epochs == 0:
+            return 1.0
+        return min(1.0, (epoch - self.warmup_epochs) / self.ramp_epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = self.params.get("steps")
+        # Unknown epoch length: whole-epoch granularity.
+        epoch = int(self.model.optimizer.iterations.numpy()) / steps if steps else self._epoch
+        scale = self.scale_at(epoch)
+        if scale != self._last:
+            self.model.get_layer(NOPEEK_NAME).alpha_scale.assign(scale)
+            self._last = scale
 
 
 # --- Architectures --------------------------------------------------------
@@ -255,11 +338,19 @@ class SplitModel:
     full: keras.Model
     client: keras.Model
     server: keras.Model
+    noise: ActivationNoise | None = None
 
     @property
     def activation_shape(self) -> tuple[int, ...]:
         """Shape of one sample's activations at the cut (no batch dimension)."""
         return tuple(self.client.output_shape[1:])
+
+    def sent_activations(self, images, batch_size: int = 256):
+        """What the device sends for ``images`` (numpy): the client's activations, plus the noise if any."""
+        activations = self.client.predict(images, batch_size=batch_size, verbose=0)
+        if self.noise is not None:
+            activations = keras.ops.convert_to_numpy(self.noise(activations))
+        return activations
 
 
 def build_split_model(
@@ -268,6 +359,7 @@ def build_split_model(
     num_classes: int,
     cut: str | None = None,
     alpha: float = 0.0,
+    noise: tuple[str, float] | None = None,
 ) -> SplitModel:
     """Builds a NoPeek split model.
 
@@ -277,6 +369,8 @@ def build_split_model(
       num_classes: number of classes; the server outputs that many logits.
       cut: the last block on the client; None or "auto" for the default.
       alpha: weight of the dCor loss (0 trains without NoPeek but still logs dCor).
+      noise: (kind, scale) to add :class:`ActivationNoise` to what the client
+        sends (the noise baseline), or None.
 
     Returns:
       A :class:`SplitModel`; ``full`` is uncompiled and outputs logits.
@@ -305,15 +399,21 @@ def build_split_model(
 
     full_input = keras.Input(shape=tuple(input_shape), name="image")
     # float32 policy: under mixed precision, dCor is still computed from float32 inputs.
-    cut_activations = DistanceCorrelationLoss(alpha, name=NOPEEK_NAME, dtype="float32")(
-        [full_input, client(full_input)])
+    sent = client(full_input)
+    noise_layer = None
+    if noise is not None:
+        noise_layer = ActivationNoise(*noise, name=NOISE_NAME, dtype="float32")
+        sent = noise_layer(sent)
+    cut_activations = DistanceCorrelationLoss(alpha, name=NOPEEK_NAME, dtype="float32")([full_input, sent])
     full = keras.Model(full_input, server(cut_activations), name=f"nopeek_{arch}_{cut}")
-    return SplitModel(full=full, client=client, server=server)
+    return SplitModel(full=full, client=client, server=server, noise=noise_layer)
 
 
 def split_halves(full: keras.Model) -> SplitModel:
-    """Recovers the client and server halves of a (possibly loaded) full model."""
-    return SplitModel(full=full, client=full.get_layer(CLIENT_NAME), server=full.get_layer(SERVER_NAME))
+    """Recovers the client and server halves (and the noise layer, if any) of a (possibly loaded) full model."""
+    noise = full.get_layer(NOISE_NAME) if any(layer.name == NOISE_NAME for layer in full.layers) else None
+    return SplitModel(full=full, client=full.get_layer(CLIENT_NAME), server=full.get_layer(SERVER_NAME),
+                      noise=noise)
 
 
 def nopeek_alpha(full: keras.Model) -> float:

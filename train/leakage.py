@@ -6,9 +6,11 @@ Runs nopeek_tf.attacks.run_attacks on the client half (the Keras client, or
 with --tflite the exported client as a device runs it, int8 included), scored
 on held-out test images, and writes to the model dir:
 
-  leakage.json          the worst case (attack, SSIM, PSNR), every attack's scores and budget, test dCor
+  leakage.json          the worst case (attack, SSIM, PSNR), every attack's scores and budget, test dCor,
+                        and the label-only reference (class means: what knowing the class alone gives)
   leakage.csv           one row per attack
   reconstructions.png   originals above each attack's reconstructions
+  reconstructions.npz   the same images as arrays (train.sweep builds its grid from them)
 
 The exporter copies the worst case into the manifest (its privacy card).
 """
@@ -16,6 +18,7 @@ The exporter copies the worst case into the manifest (its privacy card).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -27,6 +30,8 @@ from absl import app, flags, logging
 from nopeek_tf import runtime
 
 LEAKAGE_FILE = "leakage.json"
+RECONSTRUCTIONS_FILE = "reconstructions.npz"  # the first GRID_IMAGES scored images and each attack's reconstructions
+GRID_IMAGES = 8
 FLAGS = flags.FLAGS
 
 
@@ -114,14 +119,29 @@ def train_recognizer(metrics: dict, images, labels, epochs: int):
     return recognizer
 
 
-def evaluate_leakage(model_dir: str, tflite: str | None = None, budget=None, train_images: int = 2000,
-                     test_images: int = 1000, seed: int = 0, recognizer_epochs: int = 20) -> dict:
-    """Attacks the client of ``model_dir`` and writes leakage.json, leakage.csv and reconstructions.png."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
+@dataclasses.dataclass
+class AttackData:
+    """The images the attacks use: the attacker's auxiliary (train) images and the victims' (test) images."""
 
-    from nopeek_tf import attacks, data, leakage, models
+    train_images: "np.ndarray"
+    train_labels: "np.ndarray"
+    test_images: "np.ndarray"
+    test_labels: "np.ndarray"
+
+
+def load_attack_data(dataset: str, data_dir: str | None, image_size, train_images: int,
+                     test_images: int) -> AttackData:
+    """The first ``train_images`` training and ``test_images`` test images of a dataset, as float arrays."""
+    from nopeek_tf import data
+
+    raw = data.load(dataset, data_dir)
+    return AttackData(*_arrays(raw.train, image_size, train_images), *_arrays(raw.test, image_size, test_images))
+
+
+def _load_model_dir(model_dir: str):
+    import keras
+
+    from nopeek_tf import models
 
     model_path = os.path.join(model_dir, "model.keras")
     metrics_path = os.path.join(model_dir, "metrics.json")
@@ -129,66 +149,133 @@ def evaluate_leakage(model_dir: str, tflite: str | None = None, budget=None, tra
         raise LeakageError(f"--model_dir {model_dir} holds no trained model (model.keras and metrics.json)")
     with open(metrics_path) as f:
         metrics = json.load(f)
-    split = models.split_halves(keras.models.load_model(model_path, compile=False))
-    raw = data.load(metrics["dataset"], metrics.get("data_dir"))
-    image_size = metrics.get("image_size")
-    train_x, train_y = _arrays(raw.train, image_size, train_images)
-    test_x, test_y = _arrays(raw.test, image_size, test_images)
+    return models.split_halves(keras.models.load_model(model_path, compile=False)), metrics
+
+
+def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer=None, tflite: str | None = None,
+                     budget=None, seed: int = 0, write: bool = True) -> tuple[dict, object]:
+    """Attacks the client of ``model_dir`` on ``attack_data``.
+
+    Args:
+      model_dir: a model dir written by train.train.
+      attack_data: the attacker's and the victims' images (see :func:`load_attack_data`).
+      recognizer: a classifier trained on raw images that judges reconstructions, or None.
+      tflite: attack this exported client file instead of the Keras client.
+      budget: a nopeek_tf.attacks.AttackBudget (None: its defaults).
+      seed: splits the test images into leaked and scored ones.
+      write: write leakage.json, leakage.csv and reconstructions.png to ``model_dir``.
+
+    Returns:
+      (the leakage.json content, the nopeek_tf.attacks.LeakageReport).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from nopeek_tf import attacks, leakage
+
+    split, metrics = _load_model_dir(model_dir)
+    budget = budget or attacks.AttackBudget()
     if tflite:
         client, variant = tflite_client(tflite)
     else:
-        client, variant = (lambda x: split.client.predict(x, batch_size=256, verbose=0)), "keras"
+        client, variant = split.sent_activations, "keras"
     report = attacks.run_attacks(attacks.AttackInput(
-        client=client, client_model=split.client, train_images=train_x, test_images=test_x,
-        test_labels=test_y, recognizer=train_recognizer(metrics, train_x, train_y, recognizer_epochs)),
-        budget, seed=seed)
+        client=client, client_model=split.client, train_images=attack_data.train_images,
+        test_images=attack_data.test_images, test_labels=attack_data.test_labels, recognizer=recognizer,
+        train_labels=attack_data.train_labels), budget, seed=seed)
     test_dcor, dcor_batch_size = leakage.mean_batch_dcor(
-        lambda x, training=False: client(np.asarray(x)), tf.data.Dataset.from_tensor_slices(test_x),
+        lambda x, training=False: client(np.asarray(x)), tf.data.Dataset.from_tensor_slices(attack_data.test_images),
         metrics["dcor_batch_size"])
     result = {**report.to_json(), "client": variant, "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size,
-              "test_accuracy": metrics["test_accuracy"], "alpha": metrics["alpha"], "dataset": metrics["dataset"],
-              "arch": metrics["arch"], "cut": metrics["cut"]}
-    with open(os.path.join(model_dir, LEAKAGE_FILE), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(model_dir, "leakage.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, ["attack", "ssim", "psnr", "mse", "recognized_accuracy", "scored_images", "budget"])
-        writer.writeheader()
-        for attack in result["attacks"]:
-            writer.writerow(attack)
-    shown = report.scored_indices[:8]
-    save_grid(os.path.join(model_dir, "reconstructions.png"), test_x[shown],
-              {r.attack: r.reconstructions[:len(shown)] for r in report.results})
-    return result
+              **{key: metrics.get(key) for key in ("test_accuracy", "alpha", "alpha_warmup_epochs",
+                                                   "alpha_ramp_epochs", "noise", "noise_scale", "dataset", "arch",
+                                                   "cut")},
+              "budget": dataclasses.asdict(budget), "train_images": len(attack_data.train_images),
+              "test_images": len(attack_data.test_images), "seed": seed}
+    if write:
+        with open(os.path.join(model_dir, LEAKAGE_FILE), "w") as f:
+            json.dump(result, f, indent=2)
+        with open(os.path.join(model_dir, "leakage.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, ["attack", "ssim", "psnr", "mse", "recognized_accuracy", "scored_images",
+                                        "budget"])
+            writer.writeheader()
+            for attack in result["attacks"] + ([result["label_only"]] if result["label_only"] else []):
+                writer.writerow(attack)
+        shown = report.scored_indices[:GRID_IMAGES]
+        rows = {r.attack: r.reconstructions[:len(shown)] for r in report.results}
+        save_grid(os.path.join(model_dir, "reconstructions.png"), attack_data.test_images[shown], rows)
+        np.savez_compressed(os.path.join(model_dir, RECONSTRUCTIONS_FILE), original=attack_data.test_images[shown],
+                            **rows)
+    return result, report
+
+
+def evaluate_leakage(model_dir: str, tflite: str | None = None, budget=None, train_images: int = 2000,
+                     test_images: int = 1000, seed: int = 0, recognizer_epochs: int = 20) -> dict:
+    """Attacks the client of ``model_dir`` and writes leakage.json, leakage.csv and reconstructions.png."""
+    _, metrics = _load_model_dir(model_dir)
+    attack_data = load_attack_data(metrics["dataset"], metrics.get("data_dir"), metrics.get("image_size"),
+                                   train_images, test_images)
+    recognizer = train_recognizer(metrics, attack_data.train_images, attack_data.train_labels, recognizer_epochs)
+    return attack_model_dir(model_dir, attack_data, recognizer, tflite, budget, seed)[0]
+
+
+def define_attack_flags() -> None:
+    """The attack budget and data flags (shared with train.sweep)."""
+    flags.DEFINE_integer("decoder_epochs", 40, "Most epochs of each decoder attack (stops early when converged).")
+    flags.DEFINE_integer("decoder_width", 64, "Filters of the decoder's convolutions.")
+    flags.DEFINE_integer("inversion_steps", 500, "Adam steps of the inversion attack.")
+    flags.DEFINE_integer("inversion_images", 32, "Scored images the inversion attack reconstructs.")
+    flags.DEFINE_float("leaked_fraction", 0.9, "Share of the test images whose (image, activation) pairs leak; "
+                       "the attacks are scored on the rest.")
+    flags.DEFINE_integer("train_images", 2000, "Training images the public-client attacker uses.")
+    flags.DEFINE_integer("test_images", 1000, "Test images (leaked share + scored share).")
+    flags.DEFINE_integer("recognizer_epochs", 20, "Epochs of the separate classifier that judges reconstructions.")
+
+
+def budget_from_flags():
+    """The nopeek_tf.attacks.AttackBudget the flags describe; LeakageError names a bad flag."""
+    from nopeek_tf import attacks
+
+    for name in ("decoder_epochs", "decoder_width", "inversion_steps", "inversion_images", "train_images",
+                 "test_images", "recognizer_epochs"):
+        if getattr(FLAGS, name) < 1:
+            raise LeakageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}")
+    if not 0 < FLAGS.leaked_fraction < 1:
+        raise LeakageError(f"--leaked_fraction must be between 0 and 1, got {FLAGS.leaked_fraction}")
+    return attacks.AttackBudget(decoder_epochs=FLAGS.decoder_epochs, decoder_width=FLAGS.decoder_width,
+                                inversion_steps=FLAGS.inversion_steps, inversion_images=FLAGS.inversion_images,
+                                leaked_fraction=FLAGS.leaked_fraction)
+
+
+def print_result(result: dict) -> None:
+    """One line per attack, the label-only reference and the worst case."""
+    for attack in result["attacks"] + ([result["label_only"]] if result.get("label_only") else []):
+        recognised = attack["recognized_accuracy"]
+        print(f"  {attack['attack']:14s} SSIM {attack['ssim']:.3f}  PSNR {attack['psnr']:5.1f} dB  recognised "
+              f"{'-' if recognised is None else format(recognised, '.3f')}  ({attack['budget']})", flush=True)
+    print(f"  worst case: {result['worst_attack']} SSIM {result['worst_ssim']:.3f}; test dCor "
+          f"{result['test_dcor']:.3f}", flush=True)
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     runtime.run_from_invocation_directory()
     logging.set_verbosity(logging.WARNING)
     runtime.import_tensorflow_quietly()
-    from nopeek_tf import attacks
+    from nopeek_tf.data import DatasetError
 
-    budget = attacks.AttackBudget(decoder_epochs=FLAGS.decoder_epochs, inversion_steps=FLAGS.inversion_steps,
-                                  inversion_images=FLAGS.inversion_images)
     try:
-        result = evaluate_leakage(FLAGS.model_dir, FLAGS.tflite, budget, FLAGS.train_images, FLAGS.test_images,
-                                  recognizer_epochs=FLAGS.recognizer_epochs)
-    except LeakageError as error:
+        result = evaluate_leakage(FLAGS.model_dir, FLAGS.tflite, budget_from_flags(), FLAGS.train_images,
+                                  FLAGS.test_images, recognizer_epochs=FLAGS.recognizer_epochs)
+    except (LeakageError, DatasetError) as error:
         sys.exit(f"error: {error}")
-    for attack in result["attacks"]:
-        print(f"{attack['attack']:14s} SSIM {attack['ssim']:.3f}  PSNR {attack['psnr']:.1f} dB  recognised "
-              f"{attack['recognized_accuracy']:.3f}  ({attack['budget']})")
-    print(f"worst case: {result['worst_attack']} SSIM {result['worst_ssim']:.3f}; test dCor "
-          f"{result['test_dcor']:.3f}; wrote {FLAGS.model_dir}/{LEAKAGE_FILE}")
+    print_result(result)
+    print(f"wrote {FLAGS.model_dir}/{LEAKAGE_FILE}")
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("model_dir", None, "A model dir written by python -m train.train.", required=True)
     flags.DEFINE_string("tflite", None, "Attack this exported client .tflite instead of the Keras client.")
-    flags.DEFINE_integer("decoder_epochs", 40, "Epochs of each decoder attack.")
-    flags.DEFINE_integer("inversion_steps", 500, "Adam steps of the inversion attack.")
-    flags.DEFINE_integer("inversion_images", 32, "Scored images the inversion attack reconstructs.")
-    flags.DEFINE_integer("train_images", 2000, "Training images the public-client attacker uses.")
-    flags.DEFINE_integer("test_images", 1000, "Test images (leaked share + scored share).")
-    flags.DEFINE_integer("recognizer_epochs", 20, "Epochs of the separate classifier that judges reconstructions.")
+    define_attack_flags()
     app.run(main)

@@ -44,7 +44,8 @@ LOG_DIR = "logs"
 DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
 # Flags that may change when a run is resumed: the rest must match config.json.
 # The device layout may change too: the global batch, and so the maths, stays the same.
-RESUMABLE_CHANGES = ("epochs", "strategy", "devices", "cpu_devices")
+RESUMABLE_CHANGES = ("epochs", "strategy", "devices", "cpu_devices", "leakage_images")
+NOISE_KINDS = ("none", "gaussian", "uniform")
 
 
 class UsageError(ValueError):
@@ -61,6 +62,10 @@ class TrainConfig:
     arch: str = "auto"
     cut: str = "auto"
     alpha: float = 1.0
+    alpha_warmup_epochs: float = 0.0
+    alpha_ramp_epochs: float = 0.0
+    noise: str = "none"
+    noise_scale: float = 0.0
     epochs: int = 40
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -70,6 +75,7 @@ class TrainConfig:
     cpu_devices: int = 0
     mixed_precision: bool = False
     dcor_batch_size: int = 100
+    leakage_images: int = 0
     verbose: int = 2
 
     def to_json(self) -> dict:
@@ -101,6 +107,14 @@ def validate(config: TrainConfig) -> None:
 
     if config.alpha < 0:
         raise UsageError(f"--alpha must be >= 0, got {config.alpha}")
+    if config.alpha_warmup_epochs < 0 or config.alpha_ramp_epochs < 0:
+        raise UsageError("--alpha_warmup_epochs and --alpha_ramp_epochs must be >= 0")
+    if config.noise not in NOISE_KINDS:
+        raise UsageError(f"--noise must be one of {', '.join(NOISE_KINDS)}, got {config.noise!r}")
+    if config.noise_scale < 0 or (config.noise != "none") != (config.noise_scale > 0):
+        raise UsageError("--noise_scale must be > 0 with --noise=gaussian/uniform, and 0 with --noise=none")
+    if config.leakage_images < 0 or config.leakage_images == 1:
+        raise UsageError(f"--leakage_images must be 0 (off) or at least 2, got {config.leakage_images}")
     if config.batch_size < 2:
         raise UsageError(f"--batch_size must be at least 2 (dCor is computed over pairs), got {config.batch_size}")
     if config.dcor_batch_size < 2:
@@ -219,6 +233,16 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def schedule_text(config: TrainConfig) -> str:
+    """How alpha is scheduled and what noise is added, for the log ("" when neither)."""
+    parts = []
+    if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
+        parts.append(f" (0 for {config.alpha_warmup_epochs:g} epochs, then a {config.alpha_ramp_epochs:g}-epoch ramp)")
+    if config.noise != "none":
+        parts.append(f"; {config.noise} noise x{config.noise_scale:g}")
+    return "".join(parts)
+
+
 def default_model_dir(config: TrainConfig) -> str:
     """runs/<dataset>_<arch>_<cut>_alpha<alpha>."""
     return os.path.join("runs", f"{config.dataset}_{config.arch}_{config.cut}_alpha{config.alpha:g}")
@@ -244,7 +268,10 @@ def prepare_model_dir(model_dir: str, config: TrainConfig, writer: bool = True) 
     if os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
-        changed = sorted(key for key in wanted if key not in RESUMABLE_CHANGES and previous.get(key) != wanted[key])
+        # A key missing from an older config.json had its default value then.
+        defaults = TrainConfig().to_json()
+        changed = sorted(key for key in wanted if key not in RESUMABLE_CHANGES
+                         and previous.get(key, defaults.get(key)) != wanted[key])
         if changed:
             details = ", ".join(f"{key}: {previous.get(key)!r} -> {wanted[key]!r}" for key in changed)
             raise UsageError(
@@ -316,7 +343,9 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         keras.config.set_dtype_policy("mixed_float16")
     try:
         with strategy.scope():
-            split = models.build_split_model(config.arch, shape, raw.info.num_classes, config.cut, config.alpha)
+            noise = (config.noise, config.noise_scale) if config.noise != "none" else None
+            split = models.build_split_model(config.arch, shape, raw.info.num_classes, config.cut, config.alpha,
+                                             noise=noise)
             model = split.full
             model.compile(
                 optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -327,10 +356,20 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         keras.config.set_dtype_policy(previous_policy)
     print(f"{raw.info.name}: {raw.info.num_train} train / {raw.info.num_test} test images {shape}, "
           f"{raw.info.num_classes} classes; {config.arch} cut after {config.cut} -> activations "
-          f"{split.activation_shape}; alpha {config.alpha:g}; {strategy.num_replicas_in_sync} replica(s), "
+          f"{split.activation_shape}; alpha {config.alpha:g}{schedule_text(config)}; "
+          f"{strategy.num_replicas_in_sync} replica(s), "
           f"global batch {config.batch_size}" + ("; mixed_float16" if config.mixed_precision else ""), flush=True)
 
     callbacks = [chief_backup_and_restore(os.path.join(model_dir, CHECKPOINT_DIR), writer=chief)]
+    if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
+        callbacks.append(models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs))
+    if chief and config.leakage_images:
+        from nopeek_tf import attacks
+
+        leakage_x = next(iter(data.make_pipeline(raw.test.take(config.leakage_images), config.leakage_images,
+                                                 False, 0, config.image_size)))[0].numpy()
+        callbacks.append(attacks.LeakageCallback(split.client, leakage_x, config.dcor_batch_size,
+                                                 os.path.join(model_dir, LOG_DIR, "leakage")))
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)))
     started = time.time()
@@ -385,6 +424,11 @@ def define_flags() -> None:
     flags.DEFINE_string("arch", "auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn or resnet_small.")
     flags.DEFINE_string("cut", "auto", "The last block on the client (auto: the architecture's default).")
     flags.DEFINE_float("alpha", 1.0, "Weight of the NoPeek loss alpha * dCor(image, activations); 0 disables it.")
+    flags.DEFINE_float("alpha_warmup_epochs", 0.0, "Train this many epochs (may be fractional) with alpha 0 first.")
+    flags.DEFINE_float("alpha_ramp_epochs", 0.0, "Then raise alpha linearly to --alpha over this many epochs.")
+    flags.DEFINE_enum("noise", "none", list(NOISE_KINDS), "Noise baseline: add gaussian or uniform noise "
+                      "to the activations the client sends (training and inference).")
+    flags.DEFINE_float("noise_scale", 0.0, "Noise std relative to each sample's activation std.")
     flags.DEFINE_integer("epochs", 40, "Training epochs (in total, counting epochs of a resumed run).")
     flags.DEFINE_integer("batch_size", 32, "Batch size (global); dCor is computed over each batch.")
     flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
@@ -399,16 +443,21 @@ def define_flags() -> None:
                          "tf.distribute without GPUs).")
     flags.DEFINE_bool("mixed_precision", False, "Train with the mixed_float16 policy (GPUs); dCor stays float32.")
     flags.DEFINE_integer("dcor_batch_size", 100, "Batch size of the test dCor (a batch statistic).")
+    flags.DEFINE_integer("leakage_images", 0, "Log the test dCor and a quick attack's SSIM on this many test "
+                         "images to TensorBoard every epoch (0: off).")
 
 
 def config_from_flags() -> TrainConfig:
     """The TrainConfig the command-line flags describe."""
     return TrainConfig(
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=parse_image_size(FLAGS.image_size),
-        arch=FLAGS.arch, cut=FLAGS.cut, alpha=FLAGS.alpha, epochs=FLAGS.epochs,
+        arch=FLAGS.arch, cut=FLAGS.cut, alpha=FLAGS.alpha, alpha_warmup_epochs=FLAGS.alpha_warmup_epochs,
+        alpha_ramp_epochs=FLAGS.alpha_ramp_epochs, noise=FLAGS.noise, noise_scale=FLAGS.noise_scale,
+        epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
         strategy=FLAGS.strategy, devices=tuple(FLAGS.devices) if FLAGS.devices else None,
         cpu_devices=FLAGS.cpu_devices, mixed_precision=FLAGS.mixed_precision, dcor_batch_size=FLAGS.dcor_batch_size,
+        leakage_images=FLAGS.leakage_images,
         verbose=1 if sys.stdout.isatty() else 2,
     )
 
