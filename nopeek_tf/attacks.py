@@ -149,7 +149,6 @@ def build_decoder(activation_shape: Sequence[int], image_shape: Sequence[int], w
         x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
     x = keras.layers.Resizing(height, image_width)(x)
     x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
     return keras.Model(activations, keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid")(x))
 
 

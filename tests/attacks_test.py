@@ -37,6 +37,61 @@ def test_metrics():
     assert psnr_noisy < 30 and ssim_noisy < 0.95
 
 
+def test_metrics_agree_with_values_computed_by_hand():
+    rng = np.random.default_rng(1)
+    originals = rng.uniform(size=(3, 16, 16, 1)).astype(np.float32)
+    reconstructions = rng.uniform(size=(3, 16, 16, 1)).astype(np.float32)
+    mse, psnr, _ = attacks.image_metrics(originals, reconstructions)
+    per_image = ((originals - reconstructions) ** 2).reshape(3, -1).mean(axis=1)
+    assert mse == pytest.approx(per_image.mean(), rel=1e-5)
+    assert psnr == pytest.approx(np.mean(10 * np.log10(1.0 / per_image)), rel=1e-5)
+    # Flat images a and b: SSIM is the luminance term alone, (2ab + C1) / (a^2 + b^2 + C1), C1 = 0.01^2.
+    a, b, c1 = 0.3, 0.6, 0.01 ** 2
+    flat = lambda value: np.full((2, 16, 16, 1), value, np.float32)  # noqa: E731
+    _, _, ssim = attacks.image_metrics(flat(a), flat(b))
+    assert ssim == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-4)
+    # Out-of-range reconstructions are clipped to [0, 1] before scoring.
+    assert attacks.image_metrics(flat(1.0), flat(1.7))[0] == 0.0
+
+
+def test_class_means_are_the_attacker_images_per_class():
+    images = np.arange(4 * 2 * 2, dtype=np.float32).reshape(4, 2, 2, 1)
+    labels = np.array([0, 1, 0, 1])
+    means = attacks.class_means(images, labels, np.array([1, 0, 7]))
+    np.testing.assert_allclose(means[0], (images[1] + images[3]) / 2)
+    np.testing.assert_allclose(means[1], (images[0] + images[2]) / 2)
+    np.testing.assert_allclose(means[2], images.mean(axis=0))  # a class the attacker never saw
+
+
+def test_each_attack_inverts_an_identity_client_and_not_a_constant_one():
+    raw = data.load("orl_faces")
+
+    def arrays(split):  # tiny faces: 14x12
+        images, labels = next(iter(data.make_pipeline(split, 400, False, 0, image_size=(14, 12))))
+        return images.numpy(), labels.numpy()
+
+    (train_x, train_y), (test_x, test_y) = arrays(raw.train), arrays(raw.test)
+    identity = keras.Sequential([keras.Input((14, 12, 1)), keras.layers.Identity()])
+    budget = attacks.AttackBudget(decoder_epochs=12, decoder_batch_size=16, decoder_width=16, inversion_images=8,
+                                  inversion_steps=100, inversion_learning_rate=0.1, inversion_tv_weight=0.0)
+    shared = dict(train_images=train_x, test_images=test_x, test_labels=test_y, train_labels=train_y)
+    report = attacks.run_attacks(attacks.AttackInput(client=lambda x: x, client_model=identity, **shared), budget)
+    by_name = {r.attack: r.ssim for r in report.results}
+    assert set(by_name) == set(attacks.ATTACKS)
+    assert min(by_name.values()) > 0.85, by_name
+    assert by_name["inversion"] > 0.99
+
+    constant = keras.Sequential([keras.Input((14, 12, 1)), keras.layers.Lambda(lambda x: 0.0 * x[:, :4, :4] + 1.0)])
+    blind = attacks.run_attacks(attacks.AttackInput(client=lambda x: np.ones((len(x), 4, 4, 1), np.float32),
+                                                    client_model=constant, **shared), budget)
+    overall_mean = attacks.image_metrics(test_x[blind.scored_indices],
+                                         np.repeat(train_x.mean(axis=0, keepdims=True), len(blind.scored_indices), 0))[2]
+    for result in blind.results:  # nothing beyond the average face: the attacks learn nothing from the activations
+        assert result.ssim < overall_mean + 0.05, (result.attack, result.ssim, overall_mean)
+    # The label-only reference is the same for both clients: it never looks at the activations.
+    assert blind.label_only.ssim == report.label_only.ssim > overall_mean
+
+
 @pytest.mark.slow
 def test_attacks_reconstruct_a_leaky_client_and_not_a_blind_one(faces):
     (train_x, _), (test_x, test_y) = faces
@@ -114,3 +169,32 @@ def test_leakage_script_writes_the_privacy_card_the_exporter_copies(trained_dir,
                                                        variants=("float32",), parity_images=10), log=lambda *_: None)
     assert manifest.privacy["worst_attack"] == written["worst_attack"]
     assert manifest.privacy["worst_ssim"] == written["worst_ssim"]
+
+
+def test_an_exported_int8_client_is_attacked_as_the_device_runs_it(trained_dir, exported, tmp_path):
+    import json
+    import os
+    import shutil
+
+    from nopeek_tf import manifest as manifest_lib
+    from train import leakage
+
+    export_dir, manifest = exported
+    model_dir = str(tmp_path / "model")
+    shutil.copytree(trained_dir, model_dir)
+    int8_file = os.path.join(export_dir, "client", manifest.clients["int8"].file)
+    attack_data = leakage.load_attack_data("orl_faces", None, (56, 46), 40, 40)
+    tiny = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=3, inversion_images=4)
+    result, _ = leakage.attack_model_dir(model_dir, attack_data, tflite=int8_file, budget=tiny)
+    assert result["client"] == "int8"
+    written = json.load(open(os.path.join(model_dir, "leakage_int8.json")))
+    assert written["worst_ssim"] == result["worst_ssim"]
+    assert not os.path.exists(os.path.join(model_dir, "leakage.json"))  # the Keras client's file stays its own
+    # The attacked activations are the device's: uint8 in, int8 out, dequantized; close to the Keras client's.
+    run, variant = leakage.tflite_client(int8_file)
+    device = run(attack_data.test_images[:8])
+    split = leakage._load_model_dir(model_dir)[0]
+    keras_activations = split.sent_activations(attack_data.test_images[:8])
+    scale = manifest.clients["int8"].output.quantization.scale
+    assert variant == "int8" and isinstance(manifest, manifest_lib.Manifest)
+    assert 0 < np.abs(device - keras_activations).max() <= 8 * scale

@@ -131,3 +131,48 @@ def test_bad_arguments_name_the_problem():
         models.build_split_model("mnist_cnn", (28, 28, 1), 10, cut="conv9")
     with pytest.raises(ValueError, match="alpha must be >= 0"):
         models.build_split_model("mnist_cnn", (28, 28, 1), 10, alpha=-1)
+
+
+def test_alpha_schedule_warms_up_then_ramps_per_step():
+    schedule = models.AlphaSchedule(warmup_epochs=1, ramp_epochs=2)
+    assert [schedule.scale_at(e) for e in (0, 0.99, 1, 2, 3, 10)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert models.AlphaSchedule().scale_at(0) == 1.0
+
+    class Recorder(keras.callbacks.Callback):  # runs after the schedule: sees the scale each step trains with
+        seen = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.seen.append(float(self.model.get_layer(models.NOPEEK_NAME).alpha_scale.numpy()))
+
+    split = models.build_split_model("mnist_cnn", (28, 28, 1), 10, alpha=2.0)
+    model = _compiled(split)
+    x, y = _batch((28, 28, 1), n=16)
+    model.fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False,
+              callbacks=[models.AlphaSchedule(warmup_epochs=1, ramp_epochs=1), Recorder()])
+    assert Recorder.seen == [0.0] * 4 + [0.0, 0.25, 0.5, 0.75] + [1.0] * 4
+    # The loss trains with the scale in force: with scale 0 the NoPeek layer adds 0.
+    split.full.get_layer(models.NOPEEK_NAME).alpha_scale.assign(0.0)
+    split.full(x, training=True)
+    assert float(split.full.losses[0]) == 0.0
+
+
+def test_activation_noise_is_relative_always_on_and_saved(tmp_path):
+    split = models.build_split_model("mnist_cnn", (28, 28, 1), 10, noise=("uniform", 0.5))
+    x, y = _batch((28, 28, 1), n=8)
+    clean = split.client.predict(x, verbose=0)
+    sent = split.sent_activations(x)
+    noise = sent - clean
+    ratio = noise.reshape(8, -1).std(axis=1) / clean.reshape(8, -1).std(axis=1)
+    np.testing.assert_allclose(ratio, 0.5, rtol=0.05)  # per sample, relative to its own spread
+    limit = 0.5 * np.sqrt(3) * clean.reshape(8, -1).std(axis=1)
+    assert np.all(np.abs(noise.reshape(8, -1)) <= limit[:, None] * 1.0001)
+    model = _compiled(split)
+    # Always on: two inference calls differ (the device adds it too), unlike a Keras GaussianNoise layer.
+    assert not np.allclose(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    path = os.path.join(tmp_path, "noisy.keras")
+    model.save(path)
+    loaded = models.split_halves(keras.models.load_model(path))
+    assert (loaded.noise.kind, loaded.noise.scale) == ("uniform", 0.5)
+    assert models.split_halves(models.build_split_model("mnist_cnn", (28, 28, 1), 10).full).noise is None
+    with pytest.raises(ValueError, match="noise kind"):
+        models.build_split_model("mnist_cnn", (28, 28, 1), 10, noise=("laplace", 1.0))

@@ -12,7 +12,9 @@ on held-out test images, and writes to the model dir:
   reconstructions.png   originals above each attack's reconstructions
   reconstructions.npz   the same images as arrays (train.sweep builds its grid from them)
 
-The exporter copies the worst case into the manifest (its privacy card).
+With --tflite=<export dir>/<client>_int8.tflite the files are named after the
+variant (leakage_int8.json, ...). The exporter copies the Keras client's worst
+case into the manifest (its privacy card).
 """
 
 from __future__ import annotations
@@ -193,9 +195,10 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer=None, t
               "budget": dataclasses.asdict(budget), "train_images": len(attack_data.train_images),
               "test_images": len(attack_data.test_images), "seed": seed}
     if write:
-        with open(os.path.join(model_dir, LEAKAGE_FILE), "w") as f:
+        suffix = "" if variant == "keras" else f"_{variant}"  # an exported client's results sit beside the Keras one's
+        with open(os.path.join(model_dir, LEAKAGE_FILE.replace(".json", f"{suffix}.json")), "w") as f:
             json.dump(result, f, indent=2)
-        with open(os.path.join(model_dir, "leakage.csv"), "w", newline="") as f:
+        with open(os.path.join(model_dir, f"leakage{suffix}.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, ["attack", "ssim", "psnr", "mse", "recognized_accuracy", "scored_images",
                                         "budget"])
             writer.writeheader()
@@ -203,9 +206,9 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer=None, t
                 writer.writerow(attack)
         shown = report.scored_indices[:GRID_IMAGES]
         rows = {r.attack: r.reconstructions[:len(shown)] for r in report.results}
-        save_grid(os.path.join(model_dir, "reconstructions.png"), attack_data.test_images[shown], rows)
-        np.savez_compressed(os.path.join(model_dir, RECONSTRUCTIONS_FILE), original=attack_data.test_images[shown],
-                            **rows)
+        save_grid(os.path.join(model_dir, f"reconstructions{suffix}.png"), attack_data.test_images[shown], rows)
+        np.savez_compressed(os.path.join(model_dir, RECONSTRUCTIONS_FILE.replace(".npz", f"{suffix}.npz")),
+                            original=attack_data.test_images[shown], **rows)
     return result, report
 
 
@@ -271,7 +274,8 @@ def main(argv):
     except (LeakageError, DatasetError) as error:
         sys.exit(f"error: {error}")
     print_result(result)
-    print(f"wrote {FLAGS.model_dir}/{LEAKAGE_FILE}")
+    suffix = "" if result["client"] == "keras" else f"_{result['client']}"
+    print(f"wrote {FLAGS.model_dir}/{LEAKAGE_FILE.replace('.json', suffix + '.json')}")
 
 
 if __name__ == "__main__":

@@ -58,14 +58,15 @@ class Defence:
         return f"{'NoPeek' if self.kind == 'nopeek' else self.kind + ' noise'} (cut {self.cut})"
 
 
-def plan(alphas, gaussian, uniform, cuts) -> list[Defence]:
-    """The sweep's runs: alpha 0 first at each cut, then NoPeek and the noise baselines."""
+def plan(alphas, gaussian, uniform, cuts, noise_cuts=None) -> list[Defence]:
+    """The sweep's runs: alpha 0 first at each cut, then NoPeek, then the noise baselines (at ``noise_cuts``, default all)."""
     runs = []
     for cut in cuts:
         runs.append(Defence("nopeek", 0.0, cut))
         runs += [Defence("nopeek", alpha, cut) for alpha in alphas if alpha > 0]
-        runs += [Defence("gaussian", scale, cut) for scale in gaussian]
-        runs += [Defence("uniform", scale, cut) for scale in uniform]
+        if noise_cuts is None or cut in noise_cuts:
+            runs += [Defence("gaussian", scale, cut) for scale in gaussian]
+            runs += [Defence("uniform", scale, cut) for scale in uniform]
     return list(dict.fromkeys(runs))
 
 
@@ -93,6 +94,24 @@ def _reusable_leakage(model_dir: str, budget, attack_data, seed: int) -> dict | 
     if same and os.path.getmtime(path) >= os.path.getmtime(os.path.join(model_dir, train.MODEL_FILE)):
         return result
     return None
+
+
+def _finished_metrics(model_dir: str, config: train.TrainConfig) -> dict | None:
+    """metrics.json of a finished run of ``config`` in ``model_dir``, or None (then it is trained)."""
+    path = os.path.join(model_dir, train.METRICS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        metrics = json.load(f)
+    wanted = config.to_json()
+    for key, value in wanted.items():
+        if key in ("arch", "cut") and value == "auto":
+            continue
+        if key in train.RESUMABLE_CHANGES and key != "epochs":
+            continue
+        if metrics.get(key) != value:
+            return None
+    return metrics
 
 
 def result_row(defence: Defence, result: dict) -> dict:
@@ -192,8 +211,13 @@ def run_sweep(base: train.TrainConfig, defences: list[Defence], workdir: str, bu
     rows, run_dirs = [], {}
     for index, defence in enumerate(defences, 1):
         model_dir = os.path.join(workdir, defence.name)
-        print(f"[{index}/{len(defences)}] {defence.name}: training", flush=True)
-        metrics = train.train_and_evaluate(train_config(base, defence), model_dir)
+        config = train_config(base, defence)
+        metrics = _finished_metrics(model_dir, config)
+        if metrics is None:
+            print(f"[{index}/{len(defences)}] {defence.name}: training", flush=True)
+            metrics = train.train_and_evaluate(config, model_dir)
+        else:
+            print(f"[{index}/{len(defences)}] {defence.name}: reusing the trained model", flush=True)
         if attack_data is None:
             attack_data = leakage.load_attack_data(base.dataset, base.data_dir, base.image_size, train_images,
                                                    test_images)
@@ -278,7 +302,8 @@ def main(argv):
             seed=FLAGS.seed, alpha_warmup_epochs=FLAGS.alpha_warmup_epochs,
             alpha_ramp_epochs=FLAGS.alpha_ramp_epochs, dcor_batch_size=FLAGS.dcor_batch_size, verbose=0)
         defences = plan(_floats("alphas"), [s for s in _floats("gaussian_noise") if s > 0],
-                        [s for s in _floats("uniform_noise") if s > 0], resolve_cuts(base, FLAGS.cuts))
+                        [s for s in _floats("uniform_noise") if s > 0], resolve_cuts(base, FLAGS.cuts),
+                        resolve_cuts(base, FLAGS.noise_cuts) if FLAGS.noise_cuts else None)
         budget = leakage.budget_from_flags()
         rows = run_sweep(base, defences, FLAGS.workdir, budget, FLAGS.train_images, FLAGS.test_images,
                          FLAGS.recognizer_epochs, FLAGS.seed)
@@ -296,6 +321,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("image_size", None, "Resize images to HEIGHTxWIDTH (e.g. 56x46 for ORL at half size).")
     flags.DEFINE_string("arch", "auto", "Architecture (see train.train).")
     flags.DEFINE_list("cuts", ["auto"], "Cuts to sweep, each with its own curves (e.g. conv2,conv3).")
+    flags.DEFINE_list("noise_cuts", None, "Cuts at which to run the noise baselines (default: every cut).")
     flags.DEFINE_list("alphas", ["0", "1", "3", "10"], "NoPeek weights (0 is the undefended model, always run).")
     flags.DEFINE_list("gaussian_noise", ["0.5", "1", "2"], "Gaussian noise scales (std relative to each "
                       "sample's activation std); empty for none.")

@@ -1,0 +1,60 @@
+"""The privacy-utility sweep: its plan, and a tiny sweep end to end (results, pictures, reuse)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from nopeek_tf import attacks
+from tests.conftest import REPO_ROOT
+from train import sweep, train
+
+
+def test_plan_runs_the_undefended_model_once_per_cut_and_noise_where_asked():
+    runs = sweep.plan([0, 1, 3], [0.5], [2], ["conv2", "conv3"], noise_cuts=["conv2"])
+    assert [run.name for run in runs] == ["conv2_alpha0", "conv2_alpha1", "conv2_alpha3", "conv2_gaussian0.5",
+                                          "conv2_uniform2", "conv3_alpha0", "conv3_alpha1", "conv3_alpha3"]
+    base = train.TrainConfig(alpha_warmup_epochs=1, alpha_ramp_epochs=2)
+    noisy = sweep.train_config(base, runs[3])
+    assert (noisy.alpha, noisy.noise, noisy.noise_scale, noisy.alpha_warmup_epochs) == (0.0, "gaussian", 0.5, 0.0)
+    assert sweep.train_config(base, runs[1]).alpha_ramp_epochs == 2
+    assert sweep.train_config(base, runs[0]).alpha_warmup_epochs == 0  # nothing to warm up at alpha 0
+
+
+def test_tiny_sweep_end_to_end(tmp_path, capsys):
+    workdir = str(tmp_path / "sweep")
+    base = train.TrainConfig(dataset="orl_faces", image_size=(28, 23), epochs=1, batch_size=16,
+                             dcor_batch_size=20, alpha_warmup_epochs=0.5, verbose=0)
+    budget = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=3, inversion_images=4)
+    defences = sweep.plan([0], [], [1], ["conv2"])
+    rows = sweep.run_sweep(base, defences, workdir, budget, train_images=64, test_images=40, recognizer_epochs=1)
+
+    assert [row["run"] for row in rows] == ["conv2_alpha0", "conv2_uniform1"]
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    assert results["runs"] == rows and results["budget"]["decoder_epochs"] == 1
+    for row in rows:
+        leakage = json.load(open(os.path.join(workdir, row["run"], "leakage.json")))
+        assert row["worst_ssim"] == max(a["ssim"] for a in leakage["attacks"]) == leakage["worst_ssim"]
+        assert {f"{a}_ssim" for a in attacks.ATTACKS} <= set(row) and "label_only_ssim" in row
+        assert row["test_accuracy"] == json.load(open(os.path.join(workdir, row["run"], "metrics.json")))["test_accuracy"]
+    assert json.load(open(os.path.join(workdir, "conv2_uniform1", "config.json")))["noise"] == "uniform"
+    with open(os.path.join(workdir, "results.csv")) as f:
+        assert [row["run"] for row in csv.DictReader(f)] == [row["run"] for row in rows]
+    for picture in ("privacy_utility.png", "reconstructions.png"):
+        assert os.path.getsize(os.path.join(workdir, picture)) > 10_000
+
+    capsys.readouterr()
+    again = sweep.run_sweep(base, defences, workdir, budget, train_images=64, test_images=40, recognizer_epochs=1)
+    assert capsys.readouterr().out.count("reusing leakage.json") == 2
+    assert again == rows
+    sweep.print_table(rows)
+    assert "| conv2_uniform1 |" in capsys.readouterr().out
+
+
+def test_bad_sweep_flags_end_with_one_line(tmp_path):
+    process = subprocess.run([sys.executable, "-m", "train.sweep", "--alphas=0,lots", f"--workdir={tmp_path}"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    assert process.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: --alphas"), process.stderr
