@@ -214,7 +214,10 @@ def invert(client_model: keras.Model, activations: np.ndarray, image_shape: Sequ
 def _recognized(recognizer: keras.Model | None, reconstructions: np.ndarray, labels: np.ndarray) -> float | None:
     if recognizer is None:
         return None
-    predicted = recognizer.predict(reconstructions, batch_size=256, verbose=0).argmax(axis=1)
+    # Called eagerly: predict() would retrace for every new batch shape the attacks produce.
+    predicted = np.concatenate([keras.ops.convert_to_numpy(recognizer(reconstructions[start:start + 256],
+                                                                      training=False)).argmax(axis=1)
+                                for start in range(0, len(reconstructions), 256)])
     return float(np.mean(predicted == labels))
 
 
