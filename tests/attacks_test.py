@@ -148,7 +148,8 @@ def test_unknown_attack():
                                                 np.zeros(4)), attacks=("telepathy",))
 
 
-def test_leakage_script_writes_the_privacy_card_the_exporter_copies(trained_dir, tmp_path):
+def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy_card(trained_dir, exported,
+                                                                                     tmp_path):
     import json
     import os
     import shutil
@@ -156,45 +157,31 @@ def test_leakage_script_writes_the_privacy_card_the_exporter_copies(trained_dir,
     from export import export
     from train import leakage
 
-    model_dir = str(tmp_path / "model")
-    shutil.copytree(trained_dir, model_dir)
-    tiny = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=5, inversion_images=4)
-    result = leakage.evaluate_leakage(model_dir, budget=tiny, train_images=64, test_images=60,
-                                      recognizer_epochs=1)
-    written = json.load(open(os.path.join(model_dir, "leakage.json")))
-    assert written["worst_ssim"] == max(a["ssim"] for a in written["attacks"]) == result["worst_ssim"]
-    assert {a["attack"] for a in written["attacks"]} == set(attacks.ATTACKS)
-    assert os.path.getsize(os.path.join(model_dir, "reconstructions.png")) > 1000
-    manifest = export.export_model(export.ExportConfig(model_dir=model_dir, export_dir=str(tmp_path / "export"),
-                                                       variants=("float32",), parity_images=10), log=lambda *_: None)
-    assert manifest.privacy["worst_attack"] == written["worst_attack"]
-    assert manifest.privacy["worst_ssim"] == written["worst_ssim"]
-
-
-def test_an_exported_int8_client_is_attacked_as_the_device_runs_it(trained_dir, exported, tmp_path):
-    import json
-    import os
-    import shutil
-
-    from nopeek_tf import manifest as manifest_lib
-    from train import leakage
-
     export_dir, manifest = exported
     model_dir = str(tmp_path / "model")
     shutil.copytree(trained_dir, model_dir)
+    tiny = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=3, inversion_images=4)
+    result = leakage.evaluate_leakage(model_dir, budget=tiny, train_images=40, test_images=40, recognizer_epochs=1)
+    written = json.load(open(os.path.join(model_dir, "leakage.json")))
+    assert written["worst_ssim"] == max(a["ssim"] for a in written["attacks"]) == result["worst_ssim"]
+    assert {a["attack"] for a in written["attacks"]} == set(attacks.ATTACKS) and written["client"] == "keras"
+    assert written["label_only"]["attack"] == "label_only"
+    assert os.path.getsize(os.path.join(model_dir, "reconstructions.png")) > 1000
+
+    # The int8 client as the device runs it: uint8 in, int8 out, dequantized; its results sit beside.
     int8_file = os.path.join(export_dir, "client", manifest.clients["int8"].file)
     attack_data = leakage.load_attack_data("orl_faces", None, (56, 46), 40, 40)
-    tiny = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=3, inversion_images=4)
-    result, _ = leakage.attack_model_dir(model_dir, attack_data, tflite=int8_file, budget=tiny)
-    assert result["client"] == "int8"
-    written = json.load(open(os.path.join(model_dir, "leakage_int8.json")))
-    assert written["worst_ssim"] == result["worst_ssim"]
-    assert not os.path.exists(os.path.join(model_dir, "leakage.json"))  # the Keras client's file stays its own
-    # The attacked activations are the device's: uint8 in, int8 out, dequantized; close to the Keras client's.
+    int8_result, _ = leakage.attack_model_dir(model_dir, attack_data, tflite=int8_file, budget=tiny)
+    assert int8_result["client"] == "int8"
+    assert json.load(open(os.path.join(model_dir, "leakage_int8.json")))["worst_ssim"] == int8_result["worst_ssim"]
+    assert json.load(open(os.path.join(model_dir, "leakage.json"))) == written  # the Keras client's file stays
     run, variant = leakage.tflite_client(int8_file)
     device = run(attack_data.test_images[:8])
-    split = leakage._load_model_dir(model_dir)[0]
-    keras_activations = split.sent_activations(attack_data.test_images[:8])
-    scale = manifest.clients["int8"].output.quantization.scale
-    assert variant == "int8" and isinstance(manifest, manifest_lib.Manifest)
-    assert 0 < np.abs(device - keras_activations).max() <= 8 * scale
+    keras_activations = leakage._load_model_dir(model_dir)[0].sent_activations(attack_data.test_images[:8])
+    assert variant == "int8"
+    assert 0 < np.abs(device - keras_activations).max() <= 8 * manifest.clients["int8"].output.quantization.scale
+
+    card = export.export_model(export.ExportConfig(model_dir=model_dir, export_dir=str(tmp_path / "export"),
+                                                   variants=("float32",), parity_images=10), log=lambda *_: None)
+    assert card.privacy["worst_attack"] == written["worst_attack"]
+    assert card.privacy["worst_ssim"] == written["worst_ssim"]

@@ -24,7 +24,7 @@ def test_plan_runs_the_undefended_model_once_per_cut_and_noise_where_asked():
 
 def test_tiny_sweep_end_to_end(tmp_path, capsys):
     workdir = str(tmp_path / "sweep")
-    base = train.TrainConfig(dataset="orl_faces", image_size=(28, 23), epochs=1, batch_size=16,
+    base = train.TrainConfig(dataset="orl_faces", image_size=(28, 23), epochs=1, batch_size=32,
                              dcor_batch_size=20, alpha_warmup_epochs=0.5, verbose=0)
     budget = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=3, inversion_images=4)
     defences = sweep.plan([0], [], [1], ["conv2"])
