@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from nopeek_tf import attacks
 from tests.conftest import REPO_ROOT
 from train import sweep, train
@@ -45,9 +47,12 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
         assert os.path.getsize(os.path.join(workdir, picture)) > 10_000
 
     capsys.readouterr()
-    again = sweep.run_sweep(base, defences, workdir, budget, train_images=64, test_images=40, recognizer_epochs=1)
+    again = sweep.run_sweep(base, defences, workdir, budget, train_images=64, test_images=40, recognizer_epochs=1,
+                            plot_with=[workdir])
     assert capsys.readouterr().out.count("reusing leakage.json") == 2
     assert again == rows
+    with pytest.raises(train.UsageError, match="--plot_with"):
+        sweep.load_rows(str(tmp_path / "never_ran"))
     sweep.print_table(rows)
     assert "| conv2_uniform1 |" in capsys.readouterr().out
 

@@ -52,10 +52,13 @@ class Defence:
         """The run's folder name, e.g. conv2_alpha3 or conv2_gaussian0.5."""
         return f"{self.cut}_{'alpha' if self.kind == 'nopeek' else self.kind}{self.strength:g}"
 
-    @property
-    def curve(self) -> str:
-        """The curve the run belongs to in the plot."""
-        return f"{'NoPeek' if self.kind == 'nopeek' else self.kind + ' noise'} (cut {self.cut})"
+    def curve(self, config: train.TrainConfig) -> str:
+        """The curve the run belongs to in the plot, e.g. "NoPeek (cut conv2, warm-up 0.5+0.5)"."""
+        if self.kind != "nopeek":
+            return f"{self.kind} noise (cut {self.cut})"
+        warm = config.alpha_warmup_epochs or config.alpha_ramp_epochs
+        return f"NoPeek (cut {self.cut}" + (
+            f", warm-up {config.alpha_warmup_epochs:g}+{config.alpha_ramp_epochs:g})" if warm else ")")
 
 
 def plan(alphas, gaussian, uniform, cuts, noise_cuts=None) -> list[Defence]:
@@ -114,10 +117,11 @@ def _finished_metrics(model_dir: str, config: train.TrainConfig) -> dict | None:
     return metrics
 
 
-def result_row(defence: Defence, result: dict) -> dict:
-    """One flat row of results.csv."""
+def result_row(defence: Defence, config: train.TrainConfig, base: train.TrainConfig, result: dict) -> dict:
+    """One flat row of results.csv (``config``: the run's; ``base``: the sweep's, which names the curve)."""
     row = {"run": defence.name, "defence": defence.kind, "strength": defence.strength, "cut": defence.cut,
-           "curve": defence.curve, "test_accuracy": result["test_accuracy"], "test_dcor": result["test_dcor"],
+           "curve": defence.curve(base), "alpha_warmup_epochs": config.alpha_warmup_epochs,
+           "alpha_ramp_epochs": config.alpha_ramp_epochs, "test_accuracy": result["test_accuracy"], "test_dcor": result["test_dcor"],
            "worst_attack": result["worst_attack"], "worst_ssim": result["worst_ssim"],
            "worst_psnr": result["worst_psnr"]}
     for attack in result["attacks"]:
@@ -130,7 +134,7 @@ def result_row(defence: Defence, result: dict) -> dict:
 
 
 def save_plot(path: str, rows: list[dict], dataset: str) -> None:
-    """Accuracy against worst-case SSIM and against test dCor, one curve per defence."""
+    """Accuracy against worst-case SSIM and against test dCor, one curve per defence (from its alpha-0 model)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,9 +199,22 @@ def save_reconstruction_grid(path: str, run_dirs: dict[str, str], images_per_att
     plt.close(figure)
 
 
+def load_rows(workdir: str) -> list[dict]:
+    """The rows of an earlier sweep's results.json; UsageError if there is none."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.exists(path):
+        raise train.UsageError(f"--plot_with: {path} does not exist (run that sweep first)")
+    with open(path) as f:
+        return json.load(f)["runs"]
+
+
 def run_sweep(base: train.TrainConfig, defences: list[Defence], workdir: str, budget, train_images: int,
-              test_images: int, recognizer_epochs: int, seed: int = 0) -> list[dict]:
+              test_images: int, recognizer_epochs: int, seed: int = 0,
+              plot_with: list[str] | None = None) -> list[dict]:
     """Trains and attacks every defence; writes results.json/csv and both pictures to ``workdir``.
+
+    ``plot_with`` names earlier sweeps' workdirs whose curves the plot also draws
+    (curves of the same name are this sweep's).
 
     Returns:
       The rows of results.csv.
@@ -233,7 +250,7 @@ def run_sweep(base: train.TrainConfig, defences: list[Defence], workdir: str, bu
         else:
             print(f"[{index}/{len(defences)}] {defence.name}: reusing {leakage.LEAKAGE_FILE}", flush=True)
         leakage.print_result(result)
-        rows.append(result_row(defence, {**result, "test_accuracy": metrics["test_accuracy"]}))
+        rows.append(result_row(defence, config, base, {**result, "test_accuracy": metrics["test_accuracy"]}))
         run_dirs[defence.name] = model_dir
 
     summary = {"dataset": base.dataset, "train_config": base.to_json(), "budget": dataclasses.asdict(budget),
@@ -245,7 +262,9 @@ def run_sweep(base: train.TrainConfig, defences: list[Defence], workdir: str, bu
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    save_plot(os.path.join(workdir, "privacy_utility.png"), rows, base.dataset)
+    plotted = rows + [row for other in plot_with or [] for row in load_rows(other)
+                      if row["curve"] not in {mine["curve"] for mine in rows}]
+    save_plot(os.path.join(workdir, "privacy_utility.png"), plotted, base.dataset)
     save_reconstruction_grid(os.path.join(workdir, "reconstructions.png"), run_dirs)
     return rows
 
@@ -305,8 +324,10 @@ def main(argv):
                         [s for s in _floats("uniform_noise") if s > 0], resolve_cuts(base, FLAGS.cuts),
                         resolve_cuts(base, FLAGS.noise_cuts) if FLAGS.noise_cuts else None)
         budget = leakage.budget_from_flags()
+        for other in FLAGS.plot_with or []:
+            load_rows(other)  # fail before hours of work, not after
         rows = run_sweep(base, defences, FLAGS.workdir, budget, FLAGS.train_images, FLAGS.test_images,
-                         FLAGS.recognizer_epochs, FLAGS.seed)
+                         FLAGS.recognizer_epochs, FLAGS.seed, FLAGS.plot_with)
     except (train.UsageError, leakage.LeakageError) as error:
         sys.exit(f"error: {error}")
     except DatasetError as error:
@@ -334,5 +355,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "Seed of training and of the leaked/scored split.")
     flags.DEFINE_integer("dcor_batch_size", 100, "Batch size of the test dCor.")
     flags.DEFINE_string("workdir", None, "Folder of the runs and the results.", required=True)
+    flags.DEFINE_list("plot_with", None, "Earlier sweeps' workdirs whose curves the plot also draws "
+                      "(e.g. a baseline sweep next to a warm-up sweep).")
     leakage.define_attack_flags()
     app.run(main)
