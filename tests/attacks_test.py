@@ -63,6 +63,7 @@ def test_class_means_are_the_attacker_images_per_class():
     np.testing.assert_allclose(means[2], images.mean(axis=0))  # a class the attacker never saw
 
 
+@pytest.mark.slow
 def test_each_attack_inverts_an_identity_client_and_not_a_constant_one():
     raw = data.load("orl_faces")
 
@@ -148,6 +149,7 @@ def test_unknown_attack():
                                                 np.zeros(4)), attacks=("telepathy",))
 
 
+@pytest.mark.slow
 def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy_card(trained_dir, exported,
                                                                                      tmp_path):
     import json
