@@ -68,3 +68,19 @@ def run_from_invocation_directory() -> None:
     directory = os.environ.get("BUILD_WORKING_DIRECTORY")
     if directory:
         os.chdir(directory)
+
+
+def start_tensorflow_script(argv: list[str]) -> None:
+    """The start of every TensorFlow command-line script's ``main``.
+
+    Refuses positional arguments, runs from where the user typed the command
+    (under ``bazel run`` too), keeps libraries' INFO logging out of the output
+    and imports TensorFlow quietly.
+    """
+    from absl import app, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run_from_invocation_directory()
+    logging.set_verbosity(logging.WARNING)
+    import_tensorflow_quietly()

@@ -26,7 +26,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from nopeek_tf import runtime
 
@@ -114,11 +114,7 @@ async def serve(manager, host: str, rest_port: int, grpc_port: int, max_body_byt
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    runtime.run_from_invocation_directory()
-    logging.set_verbosity(logging.WARNING)
-    runtime.import_tensorflow_quietly()
+    runtime.start_tensorflow_script(argv)
     from serving.models import ModelManager
 
     try:

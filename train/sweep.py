@@ -30,7 +30,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from nopeek_tf import runtime
 from train import leakage, train
@@ -307,11 +307,7 @@ def _floats(name: str) -> list[float]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    runtime.run_from_invocation_directory()
-    logging.set_verbosity(logging.WARNING)
-    runtime.import_tensorflow_quietly()
+    runtime.start_tensorflow_script(argv)
     from nopeek_tf.data import DatasetError
 
     try:
