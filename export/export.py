@@ -34,9 +34,10 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from nopeek_tf import manifest as manifest_lib
+from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import runtime
 from nopeek_tf.litert import LiteRTModel
 
@@ -207,20 +208,7 @@ def _take_pixels(dataset, count: int):
 
 
 def _load_trained(model_dir: str):
-    import keras
-
-    from nopeek_tf import models
-
-    model_path = os.path.join(model_dir, "model.keras")
-    metrics_path = os.path.join(model_dir, "metrics.json")
-    if not os.path.isdir(model_dir):
-        raise ExportError(f"--model_dir {model_dir} does not exist")
-    if not (os.path.exists(model_path) and os.path.exists(metrics_path)):
-        raise ExportError(f"--model_dir {model_dir} holds no trained model (model.keras and metrics.json); "
-                          f"train first: python -m train.train --model_dir={model_dir}")
-    with open(metrics_path) as f:
-        metrics = json.load(f)
-    split = models.split_halves(keras.models.load_model(model_path, compile=False))
+    split, metrics = model_dir_lib.load(model_dir)
     if split.noise is not None:
         raise ExportError(f"--model_dir {model_dir} is a noise baseline (trained with --noise): its client "
                           f"would ship without the noise it was evaluated with; export a NoPeek model instead")
@@ -229,7 +217,7 @@ def _load_trained(model_dir: str):
 
 def privacy_card(model_dir: str) -> dict | None:
     """What the client leaks, from <model_dir>/leakage.json (python -m train.leakage), or None."""
-    path = os.path.join(model_dir, "leakage.json")
+    path = os.path.join(model_dir, model_dir_lib.LEAKAGE_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -264,6 +252,7 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
 
     Raises:
       ExportError: bad settings or an unexportable model; the message says which.
+      nopeek_tf.model_dir.ModelDirError: no trained model in ``config.model_dir``.
     """
     unknown = [v for v in config.variants if v not in manifest_lib.VARIANTS]
     if unknown or not config.variants:
@@ -375,13 +364,9 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    runtime.run_from_invocation_directory()
     if not FLAGS.model_dir:
         sys.exit("error: --model_dir is required (a folder written by python -m train.train)")
-    logging.set_verbosity(logging.WARNING)
-    runtime.import_tensorflow_quietly()
+    runtime.start_tensorflow_script(argv)
     from nopeek_tf.data import DatasetError
 
     config = ExportConfig(model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir, variants=tuple(FLAGS.variants),
@@ -389,7 +374,7 @@ def main(argv):
                           representative_images=FLAGS.representative_images)
     try:
         export_model(config)
-    except (ExportError, DatasetError) as error:
+    except (ExportError, DatasetError, model_dir_lib.ModelDirError) as error:
         sys.exit(f"error: {error}")
 
 

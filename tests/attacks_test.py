@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from nopeek_tf import attacks, data
+from nopeek_tf import model_dir as model_dir_lib
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
     assert json.load(open(os.path.join(model_dir, "leakage.json"))) == written  # the Keras client's file stays
     run, variant = leakage.tflite_client(int8_file)
     device = run(attack_data.test_images[:8])
-    keras_activations = leakage._load_model_dir(model_dir)[0].sent_activations(attack_data.test_images[:8])
+    keras_activations = model_dir_lib.load(model_dir)[0].sent_activations(attack_data.test_images[:8])
     assert variant == "int8"
     assert 0 < np.abs(device - keras_activations).max() <= 8 * manifest.clients["int8"].output.quantization.scale
 

@@ -29,9 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import runtime
 
-LEAKAGE_FILE = "leakage.json"
+LEAKAGE_FILE = model_dir_lib.LEAKAGE_FILE
 RECONSTRUCTIONS_FILE = "reconstructions.npz"  # the first GRID_IMAGES scored images and each attack's reconstructions
 GRID_IMAGES = 8
 FLAGS = flags.FLAGS
@@ -140,20 +141,6 @@ def load_attack_data(dataset: str, data_dir: str | None, image_size, train_image
     return AttackData(*_arrays(raw.train, image_size, train_images), *_arrays(raw.test, image_size, test_images))
 
 
-def _load_model_dir(model_dir: str):
-    import keras
-
-    from nopeek_tf import models
-
-    model_path = os.path.join(model_dir, "model.keras")
-    metrics_path = os.path.join(model_dir, "metrics.json")
-    if not (os.path.exists(model_path) and os.path.exists(metrics_path)):
-        raise LeakageError(f"--model_dir {model_dir} holds no trained model (model.keras and metrics.json)")
-    with open(metrics_path) as f:
-        metrics = json.load(f)
-    return models.split_halves(keras.models.load_model(model_path, compile=False)), metrics
-
-
 def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer=None, tflite: str | None = None,
                      budget=None, seed: int = 0, write: bool = True) -> tuple[dict, object]:
     """Attacks the client of ``model_dir`` on ``attack_data``.
@@ -175,7 +162,7 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer=None, t
 
     from nopeek_tf import attacks, leakage
 
-    split, metrics = _load_model_dir(model_dir)
+    split, metrics = model_dir_lib.load(model_dir)
     budget = budget or attacks.AttackBudget()
     if tflite:
         client, variant = tflite_client(tflite)
@@ -215,7 +202,7 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer=None, t
 def evaluate_leakage(model_dir: str, tflite: str | None = None, budget=None, train_images: int = 2000,
                      test_images: int = 1000, seed: int = 0, recognizer_epochs: int = 20) -> dict:
     """Attacks the client of ``model_dir`` and writes leakage.json, leakage.csv and reconstructions.png."""
-    _, metrics = _load_model_dir(model_dir)
+    _, metrics = model_dir_lib.load(model_dir)
     attack_data = load_attack_data(metrics["dataset"], metrics.get("data_dir"), metrics.get("image_size"),
                                    train_images, test_images)
     recognizer = train_recognizer(metrics, attack_data.train_images, attack_data.train_labels, recognizer_epochs)
@@ -267,7 +254,7 @@ def main(argv):
     try:
         result = evaluate_leakage(FLAGS.model_dir, FLAGS.tflite, budget_from_flags(), FLAGS.train_images,
                                   FLAGS.test_images, recognizer_epochs=FLAGS.recognizer_epochs)
-    except (LeakageError, DatasetError) as error:
+    except (LeakageError, DatasetError, model_dir_lib.ModelDirError) as error:
         sys.exit(f"error: {error}")
     print_result(result)
     suffix = "" if result["client"] == "keras" else f"_{result['client']}"

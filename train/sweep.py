@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import runtime
 from train import leakage, train
 
@@ -94,14 +95,14 @@ def _reusable_leakage(model_dir: str, budget, attack_data, seed: int) -> dict | 
     same = (result.get("budget") == dataclasses.asdict(budget) and result.get("client") == "keras"
             and result.get("train_images") == len(attack_data.train_images)
             and result.get("test_images") == len(attack_data.test_images) and result.get("seed") == seed)
-    if same and os.path.getmtime(path) >= os.path.getmtime(os.path.join(model_dir, train.MODEL_FILE)):
+    if same and os.path.getmtime(path) >= os.path.getmtime(os.path.join(model_dir, model_dir_lib.MODEL_FILE)):
         return result
     return None
 
 
 def _finished_metrics(model_dir: str, config: train.TrainConfig) -> dict | None:
     """metrics.json of a finished run of ``config`` in ``model_dir``, or None (then it is trained)."""
-    path = os.path.join(model_dir, train.METRICS_FILE)
+    path = os.path.join(model_dir, model_dir_lib.METRICS_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:

@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import runtime
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -36,11 +37,6 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 # here with 3.15.1 and a one-layer model; keras-team/keras#20585). Raise it when a
 # fixed Keras is out and tests/distribute_test.py's multi-worker test passes.
 KERAS_WITHOUT_MULTI_WORKER_FIT = (3, 15, 1)
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
-LOG_DIR = "logs"
 DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
 # Flags that may change when a run is resumed: the rest must match config.json.
 # The device layout may change too: the global batch, and so the maths, stays the same.
@@ -263,7 +259,7 @@ def prepare_model_dir(model_dir: str, config: TrainConfig, writer: bool = True) 
         os.remove(probe)
     except OSError as error:
         raise UsageError(f"--model_dir {model_dir} cannot be written: {error.strerror or error}") from None
-    config_path = os.path.join(model_dir, CONFIG_FILE)
+    config_path = os.path.join(model_dir, model_dir_lib.CONFIG_FILE)
     wanted = config.to_json()
     if os.path.exists(config_path):
         with open(config_path) as f:
@@ -360,7 +356,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
           f"{strategy.num_replicas_in_sync} replica(s), "
           f"global batch {config.batch_size}" + ("; mixed_float16" if config.mixed_precision else ""), flush=True)
 
-    callbacks = [chief_backup_and_restore(os.path.join(model_dir, CHECKPOINT_DIR), writer=chief)]
+    callbacks = [chief_backup_and_restore(os.path.join(model_dir, model_dir_lib.CHECKPOINT_DIR), writer=chief)]
     if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
         callbacks.append(models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs))
     if chief and config.leakage_images:
@@ -369,9 +365,9 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         leakage_x = next(iter(data.make_pipeline(raw.test.take(config.leakage_images), config.leakage_images,
                                                  False, 0, config.image_size)))[0].numpy()
         callbacks.append(attacks.LeakageCallback(split.client, leakage_x, config.dcor_batch_size,
-                                                 os.path.join(model_dir, LOG_DIR, "leakage")))
+                                                 os.path.join(model_dir, model_dir_lib.LOG_DIR, "leakage")))
     if chief:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)))
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, model_dir_lib.LOG_DIR)))
     started = time.time()
     history = model.fit(train_ds, validation_data=test_ds, epochs=config.epochs,
                         callbacks=callbacks, shuffle=False, verbose=config.verbose)
@@ -399,10 +395,10 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
     }
     fingerprint = weights_fingerprint(model)
     if chief:
-        model_path = os.path.join(model_dir, MODEL_FILE)
+        model_path = os.path.join(model_dir, model_dir_lib.MODEL_FILE)
         model.save(model_path + ".tmp.keras")
         os.replace(model_path + ".tmp.keras", model_path)
-        _write_json(os.path.join(model_dir, METRICS_FILE), metrics)
+        _write_json(os.path.join(model_dir, model_dir_lib.METRICS_FILE), metrics)
         print(f"test accuracy {metrics['test_accuracy']:.4f}, test dCor {test_dcor:.4f} "
               f"(mean over batches of {dcor_batch_size}); wrote {model_dir}", flush=True)
     else:
