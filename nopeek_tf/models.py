@@ -240,9 +240,9 @@ def _residual(name: str, filters: int, stride: int) -> Block:
     return block
 
 
-def _resnet_stem(name: str) -> Block:
+def _resnet_stem(name: str, filters: int) -> Block:
     def block(x):
-        return keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        return keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     return block
 
 
@@ -254,6 +254,10 @@ def _resnet_head(name: str) -> Block:
     return block
 
 
+def _base_width(_: str, base: int) -> int:
+    return base
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """A split-able network: named blocks in order, and where to cut by default."""
@@ -261,12 +265,13 @@ class Architecture:
     name: str
     description: str
     default_cut: str
-    make_blocks: Callable[[], Sequence[tuple[str, Block]]]
+    # Called with width(block name, base filters or units) -> the filters or units to build.
+    make_blocks: Callable[[Callable[[str, int], int]], Sequence[tuple[str, Block]]]
 
     @property
     def cuts(self) -> tuple[str, ...]:
         """The block names the model can be cut after (client = up to and including it)."""
-        return tuple(name for name, _ in self.make_blocks())
+        return tuple(name for name, _ in self.make_blocks(_base_width))
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -276,37 +281,37 @@ ARCHITECTURES: dict[str, Architecture] = {
             "mnist_cnn",
             "Small CNN for 28x28 grey images (Fashion-MNIST, MNIST); cut conv2 gives 14x14x32.",
             "conv2",
-            lambda: [
-                ("conv1", _conv("conv1", 32, pool=False)),
-                ("conv2", _conv("conv2", 32, pool=True)),
-                ("conv3", _conv("conv3", 64, pool=True)),
-                ("dense", _dense("dense", 128, dropout=0.0)),
+            lambda width: [
+                ("conv1", _conv("conv1", width("conv1", 32), pool=False)),
+                ("conv2", _conv("conv2", width("conv2", 32), pool=True)),
+                ("conv3", _conv("conv3", width("conv3", 64), pool=True)),
+                ("dense", _dense("dense", width("dense", 128), dropout=0.0)),
             ],
         ),
         Architecture(
             "orl_cnn",
             "CNN for ORL faces (112x92 grey, or downscaled); cut conv2 gives 28x23x32 at full size.",
             "conv2",
-            lambda: [
-                ("conv1", _conv("conv1", 16, pool=True)),
-                ("conv2", _conv("conv2", 32, pool=True)),
-                ("conv3", _conv("conv3", 64, pool=True)),
-                ("conv4", _conv("conv4", 128, pool=True)),
-                ("dense", _dense("dense", 128, dropout=0.5)),
+            lambda width: [
+                ("conv1", _conv("conv1", width("conv1", 16), pool=True)),
+                ("conv2", _conv("conv2", width("conv2", 32), pool=True)),
+                ("conv3", _conv("conv3", width("conv3", 64), pool=True)),
+                ("conv4", _conv("conv4", width("conv4", 128), pool=True)),
+                ("dense", _dense("dense", width("dense", 128), dropout=0.5)),
             ],
         ),
         Architecture(
             "resnet_small",
             "ResNet-v2 with 6 basic blocks (16/32/64 filters) for 32x32 RGB (CIFAR-10).",
             "block1b",
-            lambda: [
-                ("stem", _resnet_stem("stem")),
-                ("block1a", _residual("block1a", 16, 1)),
-                ("block1b", _residual("block1b", 16, 1)),
-                ("block2a", _residual("block2a", 32, 2)),
-                ("block2b", _residual("block2b", 32, 1)),
-                ("block3a", _residual("block3a", 64, 2)),
-                ("block3b", _residual("block3b", 64, 1)),
+            lambda width: [
+                ("stem", _resnet_stem("stem", width("stem", 16))),
+                ("block1a", _residual("block1a", width("block1a", 16), 1)),
+                ("block1b", _residual("block1b", width("block1b", 16), 1)),
+                ("block2a", _residual("block2a", width("block2a", 32), 2)),
+                ("block2b", _residual("block2b", width("block2b", 32), 1)),
+                ("block3a", _residual("block3a", width("block3a", 64), 2)),
+                ("block3b", _residual("block3b", width("block3b", 64), 1)),
                 ("pool", _resnet_head("pool")),
             ],
         ),
@@ -360,6 +365,7 @@ def build_split_model(
     cut: str | None = None,
     alpha: float = 0.0,
     noise: tuple[str, float] | None = None,
+    client_width: float = 1.0,
 ) -> SplitModel:
     """Builds a NoPeek split model.
 
@@ -371,16 +377,26 @@ def build_split_model(
       alpha: weight of the dCor loss (0 trains without NoPeek but still logs dCor).
       noise: (kind, scale) to add :class:`ActivationNoise` to what the client
         sends (the noise baseline), or None.
+      client_width: multiplies the filters and units of the client's blocks
+        (the server's stay as they are); below 1 narrows what the client sends.
 
     Returns:
       A :class:`SplitModel`; ``full`` is uncompiled and outputs logits.
 
     Raises:
-      ValueError: for an unknown architecture or cut, or a negative alpha.
+      ValueError: for an unknown architecture or cut, a negative alpha or a client_width <= 0.
     """
     cut = resolve_cut(arch, cut)
-    blocks = list(get_architecture(arch).make_blocks())
-    split_at = [name for name, _ in blocks].index(cut) + 1
+    if client_width <= 0:
+        raise ValueError(f"client_width must be positive, got {client_width:g}")
+    architecture = get_architecture(arch)
+    client_blocks = architecture.cuts[:architecture.cuts.index(cut) + 1]
+
+    def width(block: str, base: int) -> int:
+        return max(1, round(base * client_width)) if block in client_blocks else base
+
+    blocks = list(architecture.make_blocks(width))
+    split_at = len(client_blocks)
 
     image = keras.Input(shape=tuple(input_shape), name="image")
     x = image

@@ -44,6 +44,17 @@ def test_default_cut_of_the_small_cnn_is_the_reference_set_up():
     assert split.activation_shape == (14, 14, 32)
 
 
+def test_client_width_narrows_the_client_only():
+    split = models.build_split_model("mnist_cnn", (28, 28, 1), 10, cut="dense", client_width=0.25)
+    assert split.activation_shape == (32,)
+    assert split.client.get_layer("conv1_conv").filters == 8
+    resnet = models.build_split_model("resnet_small", (32, 32, 3), 10, cut="block1b", client_width=0.5)
+    assert resnet.activation_shape == (32, 32, 8)
+    assert resnet.server.get_layer("block2a_conv1").filters == 32  # the server keeps its width
+    with pytest.raises(ValueError, match="client_width must be positive"):
+        models.build_split_model("mnist_cnn", (28, 28, 1), 10, client_width=0)
+
+
 def test_halves_share_weights_with_the_full_model():
     split = models.build_split_model("mnist_cnn", (28, 28, 1), 10, alpha=1.0)
     x, _ = _batch((28, 28, 1), n=3)

@@ -22,6 +22,11 @@ def test_plan_runs_the_undefended_model_once_per_cut_and_noise_where_asked():
     assert (noisy.alpha, noisy.noise, noisy.noise_scale, noisy.alpha_warmup_epochs) == (0.0, "gaussian", 0.5, 0.0)
     assert sweep.train_config(base, runs[1]).alpha_ramp_epochs == 2
     assert sweep.train_config(base, runs[0]).alpha_warmup_epochs == 0  # nothing to warm up at alpha 0
+    assert runs[1].curve(base) == "NoPeek (cut conv2, warm-up 1+2)"
+    narrow = train.TrainConfig(client_width=0.25)
+    assert (runs[1].curve(narrow), runs[3].curve(narrow)) == ("NoPeek (cut conv2, width x0.25)",
+                                                               "gaussian noise (cut conv2, width x0.25)")
+    assert sweep.train_config(narrow, runs[3]).client_width == 0.25
 
 
 def test_tiny_sweep_end_to_end(tmp_path, capsys):

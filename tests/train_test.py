@@ -97,6 +97,7 @@ def test_bad_flags_end_with_one_line_naming_the_flag(tmp_path):
     cases = {
         "--dataset": ["--dataset=no_such_dataset", f"--model_dir={tmp_path / 'unused'}"],
         "--alpha": ["--alpha=-1", f"--model_dir={tmp_path / 'unused'}"],
+        "--client_width": ["--client_width=0", f"--model_dir={tmp_path / 'unused'}"],
         "--model_dir": [f"--model_dir={not_a_folder}/run"],
     }
     processes = {flag: _run_cli(args) for flag, args in cases.items()}

@@ -54,12 +54,13 @@ class Defence:
         return f"{self.cut}_{'alpha' if self.kind == 'nopeek' else self.kind}{self.strength:g}"
 
     def curve(self, config: train.TrainConfig) -> str:
-        """The curve the run belongs to in the plot, e.g. "NoPeek (cut conv2, warm-up 0.5+0.5)"."""
+        """The curve the run belongs to in the plot, e.g. "NoPeek (cut dense, width x0.25, warm-up 0.5+0.5)"."""
+        where = f"cut {self.cut}" + (f", width x{config.client_width:g}" if config.client_width != 1 else "")
         if self.kind != "nopeek":
-            return f"{self.kind} noise (cut {self.cut})"
-        warm = config.alpha_warmup_epochs or config.alpha_ramp_epochs
-        return f"NoPeek (cut {self.cut}" + (
-            f", warm-up {config.alpha_warmup_epochs:g}+{config.alpha_ramp_epochs:g})" if warm else ")")
+            return f"{self.kind} noise ({where})"
+        if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
+            where += f", warm-up {config.alpha_warmup_epochs:g}+{config.alpha_ramp_epochs:g}"
+        return f"NoPeek ({where})"
 
 
 def plan(alphas, gaussian, uniform, cuts, noise_cuts=None) -> list[Defence]:
@@ -121,7 +122,8 @@ def _finished_metrics(model_dir: str, config: train.TrainConfig) -> dict | None:
 def result_row(defence: Defence, config: train.TrainConfig, base: train.TrainConfig, result: dict) -> dict:
     """One flat row of results.csv (``config``: the run's; ``base``: the sweep's, which names the curve)."""
     row = {"run": defence.name, "defence": defence.kind, "strength": defence.strength, "cut": defence.cut,
-           "curve": defence.curve(base), "alpha_warmup_epochs": config.alpha_warmup_epochs,
+           "curve": defence.curve(base), "client_width": config.client_width,
+           "alpha_warmup_epochs": config.alpha_warmup_epochs,
            "alpha_ramp_epochs": config.alpha_ramp_epochs, "test_accuracy": result["test_accuracy"], "test_dcor": result["test_dcor"],
            "worst_attack": result["worst_attack"], "worst_ssim": result["worst_ssim"],
            "worst_psnr": result["worst_psnr"]}
@@ -314,7 +316,8 @@ def main(argv):
     try:
         base = train.TrainConfig(
             dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=train.parse_image_size(FLAGS.image_size),
-            arch=FLAGS.arch, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+            arch=FLAGS.arch, client_width=FLAGS.client_width, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+            learning_rate=FLAGS.learning_rate,
             seed=FLAGS.seed, alpha_warmup_epochs=FLAGS.alpha_warmup_epochs,
             alpha_ramp_epochs=FLAGS.alpha_ramp_epochs, dcor_batch_size=FLAGS.dcor_batch_size, verbose=0)
         defences = plan(_floats("alphas"), [s for s in _floats("gaussian_noise") if s > 0],
@@ -339,6 +342,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("image_size", None, "Resize images to HEIGHTxWIDTH (e.g. 56x46 for ORL at half size).")
     flags.DEFINE_string("arch", "auto", "Architecture (see train.train).")
     flags.DEFINE_list("cuts", ["auto"], "Cuts to sweep, each with its own curves (e.g. conv2,conv3).")
+    flags.DEFINE_float("client_width", 1.0, "Every run's client width multiplier (see train.train).")
     flags.DEFINE_list("noise_cuts", None, "Cuts at which to run the noise baselines (default: every cut).")
     flags.DEFINE_list("alphas", ["0", "1", "3", "10"], "NoPeek weights (0 is the undefended model, always run).")
     flags.DEFINE_list("gaussian_noise", ["0.5", "1", "2"], "Gaussian noise scales (std relative to each "

@@ -57,6 +57,7 @@ class TrainConfig:
     image_size: tuple[int, int] | None = None
     arch: str = "auto"
     cut: str = "auto"
+    client_width: float = 1.0
     alpha: float = 1.0
     alpha_warmup_epochs: float = 0.0
     alpha_ramp_epochs: float = 0.0
@@ -103,6 +104,8 @@ def validate(config: TrainConfig) -> None:
 
     if config.alpha < 0:
         raise UsageError(f"--alpha must be >= 0, got {config.alpha}")
+    if config.client_width <= 0:
+        raise UsageError(f"--client_width must be > 0, got {config.client_width:g}")
     if config.alpha_warmup_epochs < 0 or config.alpha_ramp_epochs < 0:
         raise UsageError("--alpha_warmup_epochs and --alpha_ramp_epochs must be >= 0")
     if config.noise not in NOISE_KINDS:
@@ -240,8 +243,9 @@ def schedule_text(config: TrainConfig) -> str:
 
 
 def default_model_dir(config: TrainConfig) -> str:
-    """runs/<dataset>_<arch>_<cut>_alpha<alpha>."""
-    return os.path.join("runs", f"{config.dataset}_{config.arch}_{config.cut}_alpha{config.alpha:g}")
+    """runs/<dataset>_<arch>_<cut>_alpha<alpha>, with _width<client_width> when it is not 1."""
+    width = f"_width{config.client_width:g}" if config.client_width != 1 else ""
+    return os.path.join("runs", f"{config.dataset}_{config.arch}_{config.cut}{width}_alpha{config.alpha:g}")
 
 
 def prepare_model_dir(model_dir: str, config: TrainConfig, writer: bool = True) -> None:
@@ -341,7 +345,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         with strategy.scope():
             noise = (config.noise, config.noise_scale) if config.noise != "none" else None
             split = models.build_split_model(config.arch, shape, raw.info.num_classes, config.cut, config.alpha,
-                                             noise=noise)
+                                             noise=noise, client_width=config.client_width)
             model = split.full
             model.compile(
                 optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -350,8 +354,9 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
             )
     finally:
         keras.config.set_dtype_policy(previous_policy)
+    width = f" (client width x{config.client_width:g})" if config.client_width != 1 else ""
     print(f"{raw.info.name}: {raw.info.num_train} train / {raw.info.num_test} test images {shape}, "
-          f"{raw.info.num_classes} classes; {config.arch} cut after {config.cut} -> activations "
+          f"{raw.info.num_classes} classes; {config.arch} cut after {config.cut}{width} -> activations "
           f"{split.activation_shape}; alpha {config.alpha:g}{schedule_text(config)}; "
           f"{strategy.num_replicas_in_sync} replica(s), "
           f"global batch {config.batch_size}" + ("; mixed_float16" if config.mixed_precision else ""), flush=True)
@@ -419,6 +424,8 @@ def define_flags() -> None:
     flags.DEFINE_string("image_size", None, "Resize images to HEIGHTxWIDTH (e.g. 56x46 for ORL at half size).")
     flags.DEFINE_string("arch", "auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn or resnet_small.")
     flags.DEFINE_string("cut", "auto", "The last block on the client (auto: the architecture's default).")
+    flags.DEFINE_float("client_width", 1.0, "Multiply the filters and units of the client's blocks by this "
+                       "(e.g. 0.25 narrows what the client sends; the server keeps its width).")
     flags.DEFINE_float("alpha", 1.0, "Weight of the NoPeek loss alpha * dCor(image, activations); 0 disables it.")
     flags.DEFINE_float("alpha_warmup_epochs", 0.0, "Train this many epochs (may be fractional) with alpha 0 first.")
     flags.DEFINE_float("alpha_ramp_epochs", 0.0, "Then raise alpha linearly to --alpha over this many epochs.")
@@ -447,7 +454,7 @@ def config_from_flags() -> TrainConfig:
     """The TrainConfig the command-line flags describe."""
     return TrainConfig(
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=parse_image_size(FLAGS.image_size),
-        arch=FLAGS.arch, cut=FLAGS.cut, alpha=FLAGS.alpha, alpha_warmup_epochs=FLAGS.alpha_warmup_epochs,
+        arch=FLAGS.arch, cut=FLAGS.cut, client_width=FLAGS.client_width, alpha=FLAGS.alpha, alpha_warmup_epochs=FLAGS.alpha_warmup_epochs,
         alpha_ramp_epochs=FLAGS.alpha_ramp_epochs, noise=FLAGS.noise, noise_scale=FLAGS.noise_scale,
         epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
