@@ -300,16 +300,17 @@ class LeakageCallback(keras.callbacks.Callback):
     """Logs the test dCor and a quick attack's SSIM each epoch (TensorBoard and the epoch logs).
 
     Args:
-      client: the client half (shares weights with the model being trained).
+      send: what the device sends for a numpy image batch, as numpy (e.g.
+        ``SplitModel.sent_activations``: the client half, plus its noise if any).
       images: test images, float [0, 1] (a few hundred are plenty).
       dcor_batch_size: batch size of the dCor.
       log_dir: TensorBoard folder (a "leakage" run is written there), or None.
     """
 
-    def __init__(self, client: keras.Model, images: np.ndarray, dcor_batch_size: int = 100,
+    def __init__(self, send: Callable[[np.ndarray], np.ndarray], images: np.ndarray, dcor_batch_size: int = 100,
                  log_dir: str | None = None):
         super().__init__()
-        self.client = client
+        self.send = send
         self.images = images
         self.dcor_batch_size = dcor_batch_size
         self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
@@ -317,7 +318,7 @@ class LeakageCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from nopeek_tf.dcor import distance_correlation
 
-        activations = self.client.predict(self.images, batch_size=256, verbose=0)
+        activations = np.asarray(self.send(self.images))
         size = min(self.dcor_batch_size, len(self.images))
         dcors = [float(distance_correlation(self.images[i:i + size], activations[i:i + size]))
                  for i in range(0, len(self.images) - size + 1, size)]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import keras
+from typing import Callable
+
 import numpy as np
 import tensorflow as tf
 
 from nopeek_tf.dcor import distance_correlation
 
 
-def mean_batch_dcor(client: keras.Model, images: tf.data.Dataset, batch_size: int) -> tuple[float, int]:
+def mean_batch_dcor(client: Callable, images: tf.data.Dataset, batch_size: int) -> tuple[float, int]:
     """Mean dCor(image, client(image)) over consecutive batches of a fixed size.
 
     dCor is a batch statistic whose value depends on the batch size, so results
@@ -18,7 +19,7 @@ def mean_batch_dcor(client: keras.Model, images: tf.data.Dataset, batch_size: in
     smaller than one batch, in which case it is one batch of all its images.
 
     Args:
-      client: maps an image batch to activations.
+      client: maps an image batch to activations (e.g. ``SplitModel.send``: what the device sends).
       images: a dataset of single images or of ``(image, label)`` pairs, unbatched.
       batch_size: samples per dCor batch (at least 2).
 

@@ -350,8 +350,13 @@ class SplitModel:
         """Shape of one sample's activations at the cut (no batch dimension)."""
         return tuple(self.client.output_shape[1:])
 
+    def send(self, images, training: bool = False):
+        """What the device sends for an image batch (a tensor): the client's activations, plus the noise if any."""
+        activations = self.client(images, training=training)
+        return activations if self.noise is None else self.noise(activations)
+
     def sent_activations(self, images, batch_size: int = 256):
-        """What the device sends for ``images`` (numpy): the client's activations, plus the noise if any."""
+        """What the device sends for ``images`` (numpy), as numpy, predicted in batches."""
         activations = self.client.predict(images, batch_size=batch_size, verbose=0)
         if self.noise is not None:
             activations = keras.ops.convert_to_numpy(self.noise(activations))

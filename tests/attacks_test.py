@@ -140,7 +140,7 @@ def test_quick_attack_and_callback(faces):
     model = keras.Sequential([leaky, keras.layers.Flatten(), keras.layers.Dense(40)])
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(train_x, train_y, epochs=1, verbose=0,
-                        callbacks=[attacks.LeakageCallback(leaky, test_x, dcor_batch_size=60)]).history
+                        callbacks=[attacks.LeakageCallback(leaky.predict, test_x, dcor_batch_size=60)]).history
     assert history["test_dcor"][0] > 0.5 and history["quick_attack_ssim"][0] > 0.5
 
 

@@ -175,6 +175,10 @@ def test_activation_noise_is_relative_always_on_and_saved(tmp_path):
     noise = sent - clean
     ratio = noise.reshape(8, -1).std(axis=1) / clean.reshape(8, -1).std(axis=1)
     np.testing.assert_allclose(ratio, 0.5, rtol=0.05)  # per sample, relative to its own spread
+    sent_tensor = split.send(x).numpy()
+    assert sent_tensor.shape == clean.shape and not np.allclose(sent_tensor, clean)
+    np.testing.assert_allclose(models.build_split_model("mnist_cnn", (28, 28, 1), 10).send(x).numpy().shape,
+                               clean.shape)
     limit = 0.5 * np.sqrt(3) * clean.reshape(8, -1).std(axis=1)
     assert np.all(np.abs(noise.reshape(8, -1)) <= limit[:, None] * 1.0001)
     model = _compiled(split)

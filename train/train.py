@@ -369,7 +369,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
 
         leakage_x = next(iter(data.make_pipeline(raw.test.take(config.leakage_images), config.leakage_images,
                                                  False, 0, config.image_size)))[0].numpy()
-        callbacks.append(attacks.LeakageCallback(split.client, leakage_x, config.dcor_batch_size,
+        callbacks.append(attacks.LeakageCallback(split.sent_activations, leakage_x, config.dcor_batch_size,
                                                  os.path.join(model_dir, model_dir_lib.LOG_DIR, "leakage")))
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, model_dir_lib.LOG_DIR)))
@@ -380,7 +380,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
 
     evaluation = model.evaluate(test_ds, return_dict=True, verbose=0)
     test_dcor, dcor_batch_size = leakage.mean_batch_dcor(
-        split.client, data.make_pipeline(raw.test, config.dcor_batch_size, False, 0, config.image_size).unbatch(),
+        split.send, data.make_pipeline(raw.test, config.dcor_batch_size, False, 0, config.image_size).unbatch(),
         config.dcor_batch_size)
     metrics = {
         **config.to_json(),
