@@ -1,6 +1,7 @@
 """The privacy-utility sweep: its plan, and a tiny sweep end to end (results, pictures, reuse)."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,6 +28,16 @@ def test_plan_runs_the_undefended_model_once_per_cut_and_noise_where_asked():
     assert (runs[1].curve(narrow), runs[3].curve(narrow)) == ("NoPeek (cut conv2, width x0.25)",
                                                                "gaussian noise (cut conv2, width x0.25)")
     assert sweep.train_config(narrow, runs[3]).client_width == 0.25
+
+
+def test_a_finished_run_is_reused_even_if_written_before_a_setting_existed(tmp_path):
+    config = train.TrainConfig(dataset="fashion_mnist", cut="dense", alpha=0.3, epochs=2)
+    older = {key: value for key, value in config.to_json().items() if key != "client_width"}
+    (tmp_path / "metrics.json").write_text(json.dumps({**older, "test_accuracy": 0.9}))
+    assert sweep._finished_metrics(str(tmp_path), config)["test_accuracy"] == 0.9
+    assert sweep._finished_metrics(str(tmp_path), dataclasses.replace(config, client_width=0.5)) is None
+    assert sweep._finished_metrics(str(tmp_path), dataclasses.replace(config, epochs=3)) is None
+    assert sweep._finished_metrics(str(tmp_path), dataclasses.replace(config, cut="auto")) is not None
 
 
 def test_tiny_sweep_end_to_end(tmp_path, capsys):

@@ -108,15 +108,9 @@ def _finished_metrics(model_dir: str, config: train.TrainConfig) -> dict | None:
         return None
     with open(path) as f:
         metrics = json.load(f)
-    wanted = config.to_json()
-    for key, value in wanted.items():
-        if key in ("arch", "cut") and value == "auto":
-            continue
-        if key in train.RESUMABLE_CHANGES and key != "epochs":
-            continue
-        if metrics.get(key) != value:
-            return None
-    return metrics
+    ignore = [key for key in train.RESUMABLE_CHANGES if key != "epochs"]
+    ignore += [key for key in ("arch", "cut") if getattr(config, key) == "auto"]
+    return None if train.changed_settings(metrics, config, ignore) else metrics
 
 
 def result_row(defence: Defence, config: train.TrainConfig, base: train.TrainConfig, result: dict) -> dict:

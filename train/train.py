@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -268,15 +269,22 @@ def prepare_model_dir(model_dir: str, config: TrainConfig, writer: bool = True) 
     if os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
-        # A key missing from an older config.json had its default value then.
-        defaults = TrainConfig().to_json()
-        changed = sorted(key for key in wanted if key not in RESUMABLE_CHANGES
-                         and previous.get(key, defaults.get(key)) != wanted[key])
+        changed = changed_settings(previous, config)
         if changed:
             details = ", ".join(f"{key}: {previous.get(key)!r} -> {wanted[key]!r}" for key in changed)
             raise UsageError(
                 f"--model_dir {model_dir} holds a run with other flags ({details}); use another --model_dir")
     _write_json(config_path, wanted)
+
+
+def changed_settings(previous: dict, config: TrainConfig, ignore: Sequence[str] = RESUMABLE_CHANGES) -> list[str]:
+    """The settings of ``config`` that differ from ``previous`` (a config.json or metrics.json), but ``ignore``.
+
+    A key missing from ``previous`` (written by an older version) had its default value then.
+    """
+    wanted = config.to_json()
+    defaults = TrainConfig().to_json()
+    return sorted(key for key in wanted if key not in ignore and previous.get(key, defaults.get(key)) != wanted[key])
 
 
 def _write_json(path: str, values: dict) -> None:
