@@ -20,6 +20,21 @@ class ModelDirError(ValueError):
     """A model dir that is missing or holds no trained model."""
 
 
+def read_metrics(model_dir: str) -> dict:
+    """The metrics.json of the trained model in ``model_dir`` (without loading the model).
+
+    Raises:
+      ModelDirError: ``model_dir`` does not exist or holds no model.keras and metrics.json.
+    """
+    if not os.path.isdir(model_dir):
+        raise ModelDirError(f"--model_dir {model_dir} does not exist")
+    if not all(os.path.exists(os.path.join(model_dir, name)) for name in (MODEL_FILE, METRICS_FILE)):
+        raise ModelDirError(f"--model_dir {model_dir} holds no trained model ({MODEL_FILE} and {METRICS_FILE}); "
+                            f"train first: python -m train.train --model_dir={model_dir}")
+    with open(os.path.join(model_dir, METRICS_FILE)) as f:
+        return json.load(f)
+
+
 def load(model_dir: str):
     """Loads the trained split model and its metrics from ``model_dir``.
 
@@ -29,17 +44,9 @@ def load(model_dir: str):
     Raises:
       ModelDirError: ``model_dir`` does not exist or holds no model.keras and metrics.json.
     """
-    if not os.path.isdir(model_dir):
-        raise ModelDirError(f"--model_dir {model_dir} does not exist")
-    model_path = os.path.join(model_dir, MODEL_FILE)
-    metrics_path = os.path.join(model_dir, METRICS_FILE)
-    if not (os.path.exists(model_path) and os.path.exists(metrics_path)):
-        raise ModelDirError(f"--model_dir {model_dir} holds no trained model ({MODEL_FILE} and {METRICS_FILE}); "
-                            f"train first: python -m train.train --model_dir={model_dir}")
+    metrics = read_metrics(model_dir)
     import keras
 
     from nopeek_tf import models
 
-    with open(metrics_path) as f:
-        metrics = json.load(f)
-    return models.split_halves(keras.models.load_model(model_path, compile=False)), metrics
+    return models.split_halves(keras.models.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)), metrics

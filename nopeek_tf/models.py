@@ -25,6 +25,7 @@ import threading
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from nopeek_tf.dcor import distance_correlation
@@ -356,11 +357,9 @@ class SplitModel:
         return activations if self.noise is None else self.noise(activations)
 
     def sent_activations(self, images, batch_size: int = 256):
-        """What the device sends for ``images`` (numpy), as numpy, predicted in batches."""
-        activations = self.client.predict(images, batch_size=batch_size, verbose=0)
-        if self.noise is not None:
-            activations = keras.ops.convert_to_numpy(self.noise(activations))
-        return activations
+        """What the device sends for ``images`` (numpy), as numpy, computed in batches."""
+        return np.concatenate([keras.ops.convert_to_numpy(self.send(images[start:start + batch_size]))
+                               for start in range(0, len(images), batch_size)])
 
 
 def build_split_model(

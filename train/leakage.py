@@ -32,7 +32,6 @@ from absl import app, flags
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import runtime
 
-LEAKAGE_FILE = model_dir_lib.LEAKAGE_FILE
 RECONSTRUCTIONS_FILE = "reconstructions.npz"  # the first GRID_IMAGES scored images and each attack's reconstructions
 GRID_IMAGES = 8
 FLAGS = flags.FLAGS
@@ -183,7 +182,7 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer=None, t
               "test_images": len(attack_data.test_images), "seed": seed}
     if write:
         suffix = "" if variant == "keras" else f"_{variant}"  # an exported client's results sit beside the Keras one's
-        with open(os.path.join(model_dir, LEAKAGE_FILE.replace(".json", f"{suffix}.json")), "w") as f:
+        with open(os.path.join(model_dir, model_dir_lib.LEAKAGE_FILE.replace(".json", f"{suffix}.json")), "w") as f:
             json.dump(result, f, indent=2)
         with open(os.path.join(model_dir, f"leakage{suffix}.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, ["attack", "ssim", "psnr", "mse", "recognized_accuracy", "scored_images",
@@ -202,7 +201,7 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer=None, t
 def evaluate_leakage(model_dir: str, tflite: str | None = None, budget=None, train_images: int = 2000,
                      test_images: int = 1000, seed: int = 0, recognizer_epochs: int = 20) -> dict:
     """Attacks the client of ``model_dir`` and writes leakage.json, leakage.csv and reconstructions.png."""
-    _, metrics = model_dir_lib.load(model_dir)
+    metrics = model_dir_lib.read_metrics(model_dir)
     attack_data = load_attack_data(metrics["dataset"], metrics.get("data_dir"), metrics.get("image_size"),
                                    train_images, test_images)
     recognizer = train_recognizer(metrics, attack_data.train_images, attack_data.train_labels, recognizer_epochs)
@@ -258,7 +257,7 @@ def main(argv):
         sys.exit(f"error: {error}")
     print_result(result)
     suffix = "" if result["client"] == "keras" else f"_{result['client']}"
-    print(f"wrote {FLAGS.model_dir}/{LEAKAGE_FILE.replace('.json', suffix + '.json')}")
+    print(f"wrote {FLAGS.model_dir}/{model_dir_lib.LEAKAGE_FILE.replace('.json', suffix + '.json')}")
 
 
 if __name__ == "__main__":

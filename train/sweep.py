@@ -87,7 +87,7 @@ def train_config(base: train.TrainConfig, defence: Defence) -> train.TrainConfig
 
 
 def _reusable_leakage(model_dir: str, budget, attack_data, seed: int) -> dict | None:
-    path = os.path.join(model_dir, leakage.LEAKAGE_FILE)
+    path = os.path.join(model_dir, model_dir_lib.LEAKAGE_FILE)
     npz = os.path.join(model_dir, leakage.RECONSTRUCTIONS_FILE)
     if not (os.path.exists(path) and os.path.exists(npz)):
         return None
@@ -245,7 +245,7 @@ def run_sweep(base: train.TrainConfig, defences: list[Defence], workdir: str, bu
             result, _ = leakage.attack_model_dir(model_dir, attack_data, recognizer, budget=budget, seed=seed)
             keras.backend.clear_session()
         else:
-            print(f"[{index}/{len(defences)}] {defence.name}: reusing {leakage.LEAKAGE_FILE}", flush=True)
+            print(f"[{index}/{len(defences)}] {defence.name}: reusing {model_dir_lib.LEAKAGE_FILE}", flush=True)
         leakage.print_result(result)
         rows.append(result_row(defence, config, base, {**result, "test_accuracy": metrics["test_accuracy"]}))
         run_dirs[defence.name] = model_dir

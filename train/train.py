@@ -462,7 +462,8 @@ def config_from_flags() -> TrainConfig:
     """The TrainConfig the command-line flags describe."""
     return TrainConfig(
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=parse_image_size(FLAGS.image_size),
-        arch=FLAGS.arch, cut=FLAGS.cut, client_width=FLAGS.client_width, alpha=FLAGS.alpha, alpha_warmup_epochs=FLAGS.alpha_warmup_epochs,
+        arch=FLAGS.arch, cut=FLAGS.cut, client_width=FLAGS.client_width, alpha=FLAGS.alpha,
+        alpha_warmup_epochs=FLAGS.alpha_warmup_epochs,
         alpha_ramp_epochs=FLAGS.alpha_ramp_epochs, noise=FLAGS.noise, noise_scale=FLAGS.noise_scale,
         epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
