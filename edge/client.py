@@ -29,7 +29,7 @@ import numpy as np
 from edge.transport import EdgeError, GrpcTransport, RestTransport, TlsFiles, with_retries
 from nopeek_tf import manifest as manifest_lib
 from nopeek_tf import runtime
-from nopeek_tf.litert import LiteRTModel
+from nopeek_tf.litert import ClientRunner
 
 IMAGE_EXTENSIONS = (".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 
@@ -104,10 +104,10 @@ class EdgeClient:
                 raise EdgeError(f"--manifest: {error}") from None
         self.manifest = manifest
         try:
-            self.client_model = manifest.client_for_file(tflite_path)
+            self.runner = ClientRunner.from_file(tflite_path, manifest, num_threads=num_threads)
         except ValueError as error:
             raise EdgeError(f"--tflite: {error}") from None
-        self.model = LiteRTModel(tflite_path, num_threads=num_threads)
+        self.client_model = self.runner.client
         self.retries = retries
         name = model_name or manifest.model_name
         version = manifest.server_version if model_version is None else (model_version or None)
@@ -120,8 +120,7 @@ class EdgeClient:
 
     def activations(self, pixels: np.ndarray) -> np.ndarray:
         """Client activations for uint8 pixels [N, H, W, C] (what the device sends)."""
-        inputs = manifest_lib.client_input(pixels, self.manifest.preprocessing, self.client_model)
-        return self.model(inputs)
+        return self.runner.send(pixels)
 
     def classify(self, image) -> Prediction:
         """Classifies one image (path, PIL image or uint8 array)."""

@@ -21,7 +21,7 @@ import time
 from absl import app, flags
 
 from nopeek_tf import manifest as manifest_lib
-from nopeek_tf.litert import LiteRTModel
+from nopeek_tf.litert import ClientRunner
 
 FLAGS = flags.FLAGS
 
@@ -33,16 +33,15 @@ def benchmark_client(path: str, client: manifest_lib.ClientModel, preprocessing:
 
     pixels = np.random.default_rng(0).integers(0, 256, (1, *preprocessing.image_size, preprocessing.channels),
                                                dtype=np.uint8)
-    inputs = manifest_lib.client_input(pixels, preprocessing, client)
     latency = {}
     for default_delegates in (True, False):
-        model = LiteRTModel(path, num_threads=1, default_delegates=default_delegates)
+        runner = ClientRunner(path, client, preprocessing, num_threads=1, default_delegates=default_delegates)
         for _ in range(warmup):
-            model(inputs)
+            runner.send(pixels)
         timings = []
         for _ in range(runs):
             start = time.perf_counter()
-            model(inputs)
+            runner.send(pixels)
             timings.append((time.perf_counter() - start) * 1000.0)
         latency[default_delegates] = statistics.median(timings)
     return {

@@ -36,10 +36,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from nopeek_tf import config as config_lib
+from nopeek_tf import files
 from nopeek_tf import manifest as manifest_lib
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import runtime
-from nopeek_tf.litert import LiteRTModel
+from nopeek_tf.litert import ClientRunner
 
 CLIENT_DIR = "client"
 SERVING_DIR = "serving"
@@ -57,16 +59,27 @@ class ExportError(ValueError):
     """The export cannot be made; the message names the flag or the problem."""
 
 
-@dataclasses.dataclass
-class ExportConfig:
+@dataclasses.dataclass(frozen=True)
+class ExportConfig(config_lib.Settings):
     """Settings of one export (one field per flag)."""
 
-    model_dir: str
-    export_dir: str | None = None
-    variants: tuple[str, ...] = manifest_lib.VARIANTS
-    model_name: str | None = None
-    parity_images: int = 1000
-    representative_images: int = 200
+    model_dir: str | None = config_lib.setting(None, "A model dir written by python -m train.train (required).")
+    export_dir: str | None = config_lib.setting(None, "Output folder (default <model_dir>/export).")
+    variants: tuple[str, ...] = config_lib.setting(manifest_lib.VARIANTS, "Client variants: float32, float16, "
+                                                   "dynamic, int8.", choices=manifest_lib.VARIANTS)
+    model_name: str | None = config_lib.setting(None, "TF Serving model name (default nopeek_<dataset>).")
+    parity_images: int = config_lib.setting(1000, "Held-out test images for the parity check.", minimum=1)
+    representative_images: int = config_lib.setting(200, "Training images that calibrate the int8 client.",
+                                                    minimum=1)
+
+    def validate(self) -> None:
+        if not self.variants:
+            raise config_lib.ConfigError(f"--variants: none given; choose from {', '.join(manifest_lib.VARIANTS)}")
+        if not self.model_dir:
+            raise config_lib.ConfigError("--model_dir is required (a folder written by python -m train.train)")
+        super().validate()
+        if self.model_name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):
+            raise config_lib.ConfigError(f"--model_name {self.model_name!r}: use letters, digits, '_', '-' and '.'")
 
 
 def client_file_name(variant: str) -> str:
@@ -172,19 +185,15 @@ def models_config_text(model_name: str, base_path: str) -> str:
     )
 
 
-def check_parity(litert: LiteRTModel, client_model: manifest_lib.ClientModel, preprocessing,
-                 server_signatures, pixels, labels, keras_logits) -> dict:
+def check_parity(runner: ClientRunner, server_signatures, pixels, labels, keras_logits) -> dict:
     """LiteRT client + server SavedModel against the Keras full model on held-out images."""
     import numpy as np
     import tensorflow as tf
 
-    signature = server_signatures[client_model.server_signature]
-    logits = []
-    for start in range(0, len(pixels), 100):
-        inputs = manifest_lib.client_input(pixels[start:start + 100], preprocessing, client_model)
-        activations = litert(inputs)
-        logits.append(signature(activations=tf.constant(activations))["logits"].numpy())
-    logits = np.concatenate(logits)
+    signature = server_signatures[runner.client.server_signature]
+    logits = np.concatenate([
+        signature(activations=tf.constant(runner.send(pixels[start:start + 100])))["logits"].numpy()
+        for start in range(0, len(pixels), 100)])
     predicted = logits.argmax(axis=1)
     keras_predicted = keras_logits.argmax(axis=1)
     return {
@@ -234,11 +243,77 @@ def _prepare_export_dir(export_dir: str) -> str:
         raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
 
 
-def _write_text(path: str, text: str) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
+@dataclasses.dataclass
+class ExportImages:
+    """The images an export uses, as uint8 pixels of the model's input size."""
+
+    representative: "np.ndarray"  # float32 [0, 1], with a black and a white image first (int8 calibration)
+    test_pixels: "np.ndarray"
+    test_labels: "np.ndarray"
+    preprocessing: manifest_lib.Preprocessing
+
+
+def load_export_images(config: ExportConfig, metrics: dict) -> ExportImages:
+    """Calibration images (training split) and parity images (test split) of the model's dataset."""
+    import numpy as np
+
+    from nopeek_tf import data
+
+    raw = data.load(metrics["dataset"], metrics.get("data_dir"))
+    image_size = metrics.get("image_size")
+    train_pixels, _ = _take_pixels(raw.train.shuffle(10_000, seed=0), config.representative_images)
+    test_pixels, test_labels = _take_pixels(raw.test, config.parity_images)
+    if image_size:
+        train_pixels = np.stack([manifest_lib.resize_area(p, image_size) for p in train_pixels])
+        test_pixels = np.stack([manifest_lib.resize_area(p, image_size) for p in test_pixels])
+    shape = metrics["input_shape"]
+    preprocessing = manifest_lib.Preprocessing(image_size=list(shape[:2]), channels=int(shape[2]))
+    # A black and a white image make the int8 input cover every pixel value:
+    # uint8 pixels then map exactly (scale 1/255, zero point 0).
+    extremes = np.stack([np.zeros_like(train_pixels[0]), np.full_like(train_pixels[0], 255)])
+    representative = np.concatenate([extremes, train_pixels]).astype(np.float32) * np.float32(preprocessing.scale)
+    return ExportImages(representative, test_pixels, test_labels, preprocessing)
+
+
+def build_clients(client_model, variants, images: ExportImages, folder: str,
+                  log=print) -> tuple[dict[str, manifest_lib.ClientModel], dict[str, ClientRunner]]:
+    """Converts, checks (no Flex ops) and writes each client variant to ``folder``."""
+    clients, runners = {}, {}
+    for variant in variants:
+        log(f"converting the client to TFLite: {variant}")
+        tflite_model = convert_client(client_model, variant, images.representative)
+        runner = ClientRunner(tflite_model, None, images.preprocessing)
+        flex = sorted(op for op in runner.model.op_names() if op.lower().startswith("flex"))
+        if flex:
+            raise ExportError(f"the {variant} client uses Flex ops {', '.join(flex)}; devices cannot run them")
+        file_name = client_file_name(variant)
+        files.write_bytes(os.path.join(folder, file_name), tflite_model)
+        output = tensor_info(runner.model.output_detail)
+        runner.client = clients[variant] = manifest_lib.ClientModel(
+            variant=variant, file=file_name, input=tensor_info(runner.model.input_detail), output=output,
+            server_signature=manifest_lib.INT8_SIGNATURE if output.dtype == "int8" else manifest_lib.FLOAT_SIGNATURE,
+            size_bytes=len(tflite_model))
+        runners[variant] = runner
+    return clients, runners
+
+
+def install(staging: str, export_dir: str, model_name: str, version: int) -> str:
+    """Moves the staged server version, then the client folder that pairs with it, into place.
+
+    Returns:
+      The client folder.
+    """
+    model_base_path = os.path.join(export_dir, SERVING_DIR, model_name)
+    os.makedirs(model_base_path, exist_ok=True)
+    os.rename(os.path.join(staging, "server"), os.path.join(model_base_path, str(version)))
+    client_dir = os.path.join(export_dir, CLIENT_DIR)
+    if os.path.exists(client_dir):
+        os.rename(client_dir, os.path.join(staging, "previous_client"))
+    os.rename(os.path.join(staging, CLIENT_DIR), client_dir)
+    serving_dir = os.path.join(export_dir, SERVING_DIR)
+    files.write_text(os.path.join(serving_dir, MODELS_CONFIG), models_config_text(model_name, f"/models/{model_name}"))
+    files.write_text(os.path.join(serving_dir, BATCHING_PARAMETERS), BATCHING_PARAMETERS_TEXT)
+    return client_dir
 
 
 def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
@@ -254,58 +329,24 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
       ExportError: bad settings or an unexportable model; the message says which.
       nopeek_tf.model_dir.ModelDirError: no trained model in ``config.model_dir``.
     """
-    unknown = [v for v in config.variants if v not in manifest_lib.VARIANTS]
-    if unknown or not config.variants:
-        raise ExportError(f"--variants: unknown variant {', '.join(unknown) or '(none given)'}; "
-                          f"choose from {', '.join(manifest_lib.VARIANTS)}")
-    if config.parity_images < 1 or config.representative_images < 1:
-        raise ExportError("--parity_images and --representative_images must be at least 1")
+    try:
+        config.validate()
+    except config_lib.ConfigError as error:
+        raise ExportError(str(error)) from None
     split, metrics = _load_trained(config.model_dir)
     export_dir = config.export_dir or os.path.join(config.model_dir, "export")
     model_name = config.model_name or f"nopeek_{metrics['dataset']}"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
-        raise ExportError(f"--model_name {model_name!r}: use letters, digits, '_', '-' and '.'")
 
-    import numpy as np
     import tensorflow as tf
-
-    from nopeek_tf import data
 
     staging = _prepare_export_dir(export_dir)
     try:
-        raw = data.load(metrics["dataset"], metrics.get("data_dir"))
-        image_size = metrics.get("image_size")
-        shape = metrics["input_shape"]
-        train_pixels, _ = _take_pixels(raw.train.shuffle(10_000, seed=0), config.representative_images)
-        test_pixels, test_labels = _take_pixels(raw.test, config.parity_images)
-        if image_size:
-            train_pixels = np.stack([manifest_lib.resize_area(p, image_size) for p in train_pixels])
-            test_pixels = np.stack([manifest_lib.resize_area(p, image_size) for p in test_pixels])
-        preprocessing = manifest_lib.Preprocessing(image_size=list(shape[:2]), channels=int(shape[2]))
-        keras_logits = split.full.predict(test_pixels.astype(np.float32) * np.float32(preprocessing.scale),
+        images = load_export_images(config, metrics)
+        keras_logits = split.full.predict(images.test_pixels.astype("float32") * images.preprocessing.scale,
                                           batch_size=100, verbose=0)
-
         os.makedirs(os.path.join(staging, CLIENT_DIR))
-        # A black and a white image make the int8 input cover every pixel value:
-        # uint8 pixels then map exactly (scale 1/255, zero point 0).
-        extremes = np.stack([np.zeros_like(train_pixels[0]), np.full_like(train_pixels[0], 255)])
-        representative = np.concatenate([extremes, train_pixels]).astype(np.float32) * np.float32(preprocessing.scale)
-        tflite_models, interpreters, clients = {}, {}, {}
-        for variant in config.variants:
-            log(f"converting the client to TFLite: {variant}")
-            tflite_models[variant] = convert_client(split.client, variant, representative)
-            litert = interpreters[variant] = LiteRTModel(tflite_models[variant])
-            flex = sorted(op for op in litert.op_names() if op.lower().startswith("flex"))
-            if flex:
-                raise ExportError(f"the {variant} client uses Flex ops {', '.join(flex)}; devices cannot run them")
-            file_name = client_file_name(variant)
-            with open(os.path.join(staging, CLIENT_DIR, file_name), "wb") as f:
-                f.write(tflite_models[variant])
-            output = tensor_info(litert.output_detail)
-            clients[variant] = manifest_lib.ClientModel(
-                variant=variant, file=file_name, input=tensor_info(litert.input_detail), output=output,
-                server_signature=manifest_lib.INT8_SIGNATURE if output.dtype == "int8" else manifest_lib.FLOAT_SIGNATURE,
-                size_bytes=len(tflite_models[variant]))
+        clients, runners = build_clients(split.client, config.variants, images, os.path.join(staging, CLIENT_DIR),
+                                         log)
 
         log("writing the server SavedModel")
         server_path = os.path.join(staging, "server")
@@ -313,40 +354,28 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         build_server_savedmodel(split.server, server_path, int8_quantization)
         signatures = tf.saved_model.load(server_path).signatures
         for variant, client in clients.items():
-            client.parity = check_parity(interpreters[variant], client, preprocessing, signatures,
-                                         test_pixels, test_labels, keras_logits)
-            p = client.parity
+            p = client.parity = check_parity(runners[variant], signatures, images.test_pixels, images.test_labels,
+                                             keras_logits)
             log(f"parity {variant:8s}: top-1 agreement {p['top1_agreement']:.4f}, max |logit diff| "
                 f"{p['max_abs_logit_diff']:.2e}, accuracy {p['accuracy']:.4f} (Keras {p['keras_accuracy']:.4f}) "
                 f"on {p['images']} test images")
 
-        model_base_path = os.path.join(export_dir, SERVING_DIR, model_name)
-        version = next_version(model_base_path)
+        version = next_version(os.path.join(export_dir, SERVING_DIR, model_name))
         manifest = manifest_lib.Manifest(
             model_name=model_name, server_version=version, dataset=metrics["dataset"],
             class_names=list(metrics["class_names"]), arch=metrics["arch"], cut=metrics["cut"],
-            alpha=float(metrics["alpha"]), preprocessing=preprocessing,
+            alpha=float(metrics["alpha"]), preprocessing=images.preprocessing,
             activation_shape=list(metrics["activation_shape"]), clients=clients,
             source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
             privacy=privacy_card(config.model_dir))
         manifest.save(os.path.join(staging, CLIENT_DIR))
-
-        # Move into place: the new version, then the client folder that pairs with it.
-        os.makedirs(model_base_path, exist_ok=True)
-        os.rename(server_path, os.path.join(model_base_path, str(version)))
-        client_dir = os.path.join(export_dir, CLIENT_DIR)
-        if os.path.exists(client_dir):
-            os.rename(client_dir, os.path.join(staging, "previous_client"))
-        os.rename(os.path.join(staging, CLIENT_DIR), client_dir)
-        serving_dir = os.path.join(export_dir, SERVING_DIR)
-        _write_text(os.path.join(serving_dir, MODELS_CONFIG), models_config_text(model_name, f"/models/{model_name}"))
-        _write_text(os.path.join(serving_dir, BATCHING_PARAMETERS), BATCHING_PARAMETERS_TEXT)
+        client_dir = install(staging, export_dir, model_name, version)
     except OSError as error:
         raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"exported {', '.join(config.variants)} clients to {client_dir} and server version {version} "
-        f"to {model_base_path}/{version}")
+        f"to {os.path.join(export_dir, SERVING_DIR, model_name)}/{version}")
     return manifest
 
 
@@ -355,12 +384,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script, so that tests can import this module)."""
-    flags.DEFINE_string("model_dir", None, "A model dir written by python -m train.train.")
-    flags.DEFINE_string("export_dir", None, "Output folder (default <model_dir>/export).")
-    flags.DEFINE_list("variants", list(manifest_lib.VARIANTS), "Client variants: float32, float16, dynamic, int8.")
-    flags.DEFINE_string("model_name", None, "TF Serving model name (default nopeek_<dataset>).")
-    flags.DEFINE_integer("parity_images", 1000, "Held-out test images for the parity check.")
-    flags.DEFINE_integer("representative_images", 200, "Training images that calibrate the int8 client.")
+    config_lib.define_flags(ExportConfig)
+    flags.adopt_module_key_flags(config_lib)
 
 
 def main(argv):
@@ -369,12 +394,9 @@ def main(argv):
     runtime.start_tensorflow_script(argv)
     from nopeek_tf.data import DatasetError
 
-    config = ExportConfig(model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir, variants=tuple(FLAGS.variants),
-                          model_name=FLAGS.model_name, parity_images=FLAGS.parity_images,
-                          representative_images=FLAGS.representative_images)
     try:
-        export_model(config)
-    except (ExportError, DatasetError, model_dir_lib.ModelDirError) as error:
+        export_model(config_lib.from_flags(ExportConfig))
+    except (ExportError, config_lib.ConfigError, DatasetError, model_dir_lib.ModelDirError) as error:
         sys.exit(f"error: {error}")
 
 

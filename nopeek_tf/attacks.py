@@ -35,22 +35,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nopeek_tf.config import AttackBudget  # noqa: F401  (the attacks' budget; defined with its flags)
+from nopeek_tf.dcor import mean_batch_dcor
+
 ATTACKS = ("leaked_pairs", "public_client", "inversion")
-
-
-@dataclasses.dataclass
-class AttackBudget:
-    """How hard each attack tries (stated with every result)."""
-
-    decoder_epochs: int = 40
-    decoder_batch_size: int = 64
-    decoder_learning_rate: float = 1e-3
-    decoder_width: int = 64
-    leaked_fraction: float = 0.9
-    inversion_images: int = 32
-    inversion_steps: int = 500
-    inversion_learning_rate: float = 0.05
-    inversion_tv_weight: float = 0.02
 
 
 @dataclasses.dataclass
@@ -316,13 +304,9 @@ class LeakageCallback(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
 
     def on_epoch_end(self, epoch, logs=None):
-        from nopeek_tf.dcor import distance_correlation
-
         activations = np.asarray(self.send(self.images))
-        size = min(self.dcor_batch_size, len(self.images))
-        dcors = [float(distance_correlation(self.images[i:i + size], activations[i:i + size]))
-                 for i in range(0, len(self.images) - size + 1, size)]
-        values = {"test_dcor": float(np.mean(dcors)), "quick_attack_ssim": quick_attack_ssim(activations, self.images)}
+        values = {"test_dcor": mean_batch_dcor(self.images, activations, self.dcor_batch_size)[0],
+                  "quick_attack_ssim": quick_attack_ssim(activations, self.images)}
         if logs is not None:
             logs.update(values)
         if self.writer is not None:

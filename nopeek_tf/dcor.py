@@ -120,3 +120,31 @@ def distance_correlation(x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
     denominator = tf.where(no_variance, tf.ones_like(dvar_x), dvar_x * dvar_z)
     ratio = tf.where(no_variance, tf.zeros_like(dcov2), tf.minimum(dcov2 / denominator, 1.0))
     return _safe_sqrt(ratio, ratio <= 0.0)
+
+
+def mean_batch_dcor(images: np.ndarray, activations: np.ndarray, batch_size: int) -> tuple[float, int]:
+    """Mean dCor(image, activation) over consecutive batches of a fixed size.
+
+    dCor is a batch statistic whose value depends on the batch size, so results
+    are comparable only at equal ``batch_size``. Batches are taken in order; the
+    last incomplete batch is dropped, unless there are fewer images than one
+    batch, in which case it is one batch of all of them.
+
+    Args:
+      images: the raw inputs [N, ...].
+      activations: what the client sends for them [N, ...] (e.g. ``SplitModel.sent_activations(images)``).
+      batch_size: samples per dCor batch (at least 2).
+
+    Returns:
+      (mean dCor, the batch size actually used).
+    """
+    if batch_size < 2:
+        raise ValueError(f"dCor batch size must be at least 2, got {batch_size}")
+    if len(images) != len(activations):
+        raise ValueError(f"{len(images)} images but {len(activations)} activations")
+    if len(images) < 2:
+        raise ValueError(f"dCor needs at least 2 images, got {len(images)}")
+    batch_size = min(batch_size, len(images))
+    values = [float(distance_correlation(images[start:start + batch_size], activations[start:start + batch_size]))
+              for start in range(0, len(images) - batch_size + 1, batch_size)]
+    return float(np.mean(values)), batch_size

@@ -55,3 +55,73 @@ class LiteRTModel:
     def op_names(self) -> set[str]:
         """Names of the operators in the model (builtin names; Flex ops start with "Flex")."""
         return {op["op_name"] for op in self.interpreter._get_ops_details()}
+
+
+class ClientRunner:
+    """An exported client as the device runs it: uint8 pixels in, the activations it sends out.
+
+    Manifest-aware: it preprocesses the pixels as the manifest says (scale,
+    quantization of an int8 input), runs LiteRT in batches, and can dequantize
+    an int8 client's activations. The one way to run a client ``.tflite``: the
+    exporter's parity check, the attacks on an exported client, the edge client
+    and the benchmark use it.
+
+    Args:
+      model: the ``.tflite`` path or bytes.
+      client: the manifest's entry for this file.
+      preprocessing: the manifest's preprocessing.
+      batch_size: images per interpreter call.
+      num_threads: LiteRT threads.
+      default_delegates: False runs LiteRT's builtin kernels without XNNPACK.
+    """
+
+    def __init__(self, model: str | bytes, client, preprocessing, batch_size: int = 256, num_threads: int = 1,
+                 default_delegates: bool = True):
+        self.client = client
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.model = LiteRTModel(model, num_threads=num_threads, default_delegates=default_delegates)
+
+    @classmethod
+    def from_file(cls, tflite_path: str, manifest=None, **kwargs) -> "ClientRunner":
+        """The runner of an exported client file; ``manifest`` (object or path) defaults to the one beside it.
+
+        Raises:
+          OSError: the manifest cannot be read.
+          ValueError: the manifest is invalid or does not list the file.
+        """
+        import os
+
+        from nopeek_tf import manifest as manifest_lib
+
+        if manifest is None:
+            manifest = os.path.dirname(os.path.abspath(tflite_path))
+        if not isinstance(manifest, manifest_lib.Manifest):
+            manifest = manifest_lib.Manifest.load(manifest)
+        return cls(tflite_path, manifest.client_for_file(tflite_path), manifest.preprocessing, **kwargs)
+
+    def inputs(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels [N, H, W, C] of the manifest's size -> the client's input batch."""
+        from nopeek_tf import manifest as manifest_lib
+
+        return manifest_lib.client_input(pixels, self.preprocessing, self.client)
+
+    def send(self, pixels: np.ndarray) -> np.ndarray:
+        """What the device sends for uint8 pixels [N, H, W, C]: the client's output (int8 for an int8 client)."""
+        outputs = [self.model(self.inputs(pixels[start:start + self.batch_size]))
+                   for start in range(0, len(pixels), self.batch_size)]
+        return np.concatenate(outputs)
+
+    def float_activations(self, pixels: np.ndarray) -> np.ndarray:
+        """The activations as float32 (an int8 client's dequantized), as the server half reads them."""
+        from nopeek_tf import manifest as manifest_lib
+
+        activations = self.send(pixels)
+        if self.client.output.quantization is not None:
+            activations = manifest_lib.dequantize(activations, self.client.output.quantization)
+        return activations.astype(np.float32)
+
+    def from_float_images(self, images: np.ndarray) -> np.ndarray:
+        """Float images in [0, 1] (as the training pipeline makes them) -> float32 activations."""
+        pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+        return self.float_activations(pixels)

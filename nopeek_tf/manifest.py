@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from nopeek_tf import files
+
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -118,9 +120,7 @@ class Manifest:
     def save(self, folder: str) -> str:
         """Writes ``folder/manifest.json``; returns its path."""
         path = os.path.join(folder, MANIFEST_FILE)
-        with open(path, "w") as f:
-            json.dump(self.to_json(), f, indent=2)
-            f.write("\n")
+        files.write_json(path, self.to_json())
         return path
 
     @classmethod

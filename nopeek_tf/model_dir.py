@@ -1,6 +1,6 @@
-"""The layout of a model dir (written by ``python -m train.train``) and its loader.
+"""The layout of a model dir (written by ``python -m train.train``): creating, writing and loading one.
 
-Importing this module does not import TensorFlow; :func:`load` does.
+Importing this module does not import TensorFlow; :func:`load` and :func:`save_model` do.
 """
 
 from __future__ import annotations
@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import os
 
+from nopeek_tf import files
+from nopeek_tf.config import ConfigError, TrainConfig, changed_settings
+
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 LEAKAGE_FILE = "leakage.json"  # written by python -m train.leakage
+RECONSTRUCTIONS_FILE = "reconstructions.npz"  # the attacks' first reconstructions (train.sweep's grid)
 
 
 class ModelDirError(ValueError):
@@ -50,3 +54,66 @@ def load(model_dir: str):
     from nopeek_tf import models
 
     return models.split_halves(keras.models.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)), metrics
+
+
+def leakage_file(model_dir: str, variant: str = "keras", name: str = LEAKAGE_FILE) -> str:
+    """A leakage output's path: ``leakage.json`` for the Keras client, ``leakage_int8.json`` for the int8 file..."""
+    root, extension = os.path.splitext(name)
+    suffix = "" if variant == "keras" else f"_{variant}"
+    return os.path.join(model_dir, f"{root}{suffix}{extension}")
+
+
+def default_path(config: TrainConfig) -> str:
+    """runs/<dataset>_<arch>_<cut>_alpha<alpha>, with _width<client_width> when it is not 1."""
+    width = f"_width{config.client_width:g}" if config.client_width != 1 else ""
+    return os.path.join("runs", f"{config.dataset}_{config.arch}_{config.cut}{width}_alpha{config.alpha:g}")
+
+
+def prepare(model_dir: str, config: TrainConfig, writer: bool = True) -> None:
+    """Creates ``model_dir``, checks it is writable and that a run in it has the same flags; writes config.json.
+
+    Only the ``writer`` (the chief of a cluster) creates files.
+
+    Raises:
+      ConfigError: the folder cannot be written, or holds a run with other flags.
+    """
+    if not writer:
+        return
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        files.write_text(os.path.join(model_dir, ".write_test"), "ok")
+        os.remove(os.path.join(model_dir, ".write_test"))
+    except OSError as error:
+        raise ConfigError(f"--model_dir {model_dir} cannot be written: {error.strerror or error}") from None
+    config_path = os.path.join(model_dir, CONFIG_FILE)
+    wanted = config.to_json()
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        changed = changed_settings(previous, config)
+        if changed:
+            details = ", ".join(f"{key}: {previous.get(key)!r} -> {wanted[key]!r}" for key in changed)
+            raise ConfigError(
+                f"--model_dir {model_dir} holds a run with other flags ({details}); use another --model_dir")
+    files.write_json(config_path, wanted, sort_keys=True)
+
+
+def finished_metrics(model_dir: str, config: TrainConfig, ignore=()) -> dict | None:
+    """metrics.json of a finished run of ``config`` in ``model_dir``, or None (missing, or other settings).
+
+    Settings in ``ignore`` may differ; so may arch and cut where ``config`` says "auto".
+    """
+    path = os.path.join(model_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        metrics = json.load(f)
+    ignore = [*ignore, *(key for key in ("arch", "cut") if getattr(config, key) == "auto")]
+    return None if changed_settings(metrics, config, ignore) else metrics
+
+
+def save_model(model_dir: str, model, metrics: dict) -> None:
+    """Writes model.keras and metrics.json atomically (metrics last: it marks a finished run)."""
+    with files.atomic_path(os.path.join(model_dir, MODEL_FILE)) as temporary:
+        model.save(temporary)
+    files.write_json(os.path.join(model_dir, METRICS_FILE), metrics, sort_keys=True)

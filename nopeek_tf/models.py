@@ -4,7 +4,7 @@ The trainable model is ``server(nopeek([image, client(image)]))``:
 
 * ``client`` (a Keras model named "client"): raw image -> activations at the cut;
   this is what runs on the device.
-* ``nopeek``: a :class:`DistanceCorrelationLoss` layer, the identity on the
+* ``nopeek``: a :class:`NoPeekLayer`, the identity on the
   activations, which adds ``alpha * dCor(image, activations)`` to the loss in
   training and reports the batch dCor as the metric ``dcor``.
 * ``server`` (a Keras model named "server"): activations -> class logits.
@@ -38,7 +38,7 @@ DCOR_METRIC_NAME = "dcor"
 
 
 @keras.saving.register_keras_serializable(package="nopeek_tf")
-class DistanceCorrelationLoss(keras.layers.Layer):
+class NoPeekLayer(keras.layers.Layer):
     """Identity on the activations that adds ``alpha * dCor(raw, activations)``.
 
     Called on ``[raw_input, activations]``; returns ``activations`` unchanged.
@@ -102,7 +102,9 @@ class DistanceCorrelationLoss(keras.layers.Layer):
 
     # MirroredStrategy runs the replicas in threads that share this layer, and
     # Keras keeps added losses in one list per layer: without this filter, replica
-    # r would also count the dCor losses that replicas 0..r-1 added.
+    # r would also count the dCor losses that replicas 0..r-1 added. These
+    # override private Keras methods (Keras is pinned in requirements.txt;
+    # tests/private_hooks_test.py fails when they disappear).
     def _get_own_losses(self):
         losses = super()._get_own_losses()
         thread = threading.get_ident()
@@ -118,6 +120,11 @@ class DistanceCorrelationLoss(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="nopeek_tf")
+class DistanceCorrelationLoss(NoPeekLayer):
+    """The old name of :class:`NoPeekLayer` (it is a layer, not a loss): ``.keras`` files saved with it still load."""
 
 
 @keras.saving.register_keras_serializable(package="nopeek_tf")
@@ -424,7 +431,7 @@ def build_split_model(
     if noise is not None:
         noise_layer = ActivationNoise(*noise, name=NOISE_NAME, dtype="float32")
         sent = noise_layer(sent)
-    cut_activations = DistanceCorrelationLoss(alpha, name=NOPEEK_NAME, dtype="float32")([full_input, sent])
+    cut_activations = NoPeekLayer(alpha, name=NOPEEK_NAME, dtype="float32")([full_input, sent])
     full = keras.Model(full_input, server(cut_activations), name=f"nopeek_{arch}_{cut}")
     return SplitModel(full=full, client=client, server=server, noise=noise_layer)
 

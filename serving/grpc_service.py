@@ -8,7 +8,7 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from serving.models import ModelManager, ServingError
+from serving.servables import ModelManager, ServingError
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):

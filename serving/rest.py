@@ -20,7 +20,7 @@ import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
-from serving.models import ModelManager, ServingError
+from serving.servables import ModelManager, ServingError
 
 NAME = r"{name:[^/:]+}"
 VERSION = r"{version:\d+}"

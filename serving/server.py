@@ -61,7 +61,7 @@ def read_ssl_config(path: str):
 def model_base_paths(model_name: str | None, model_base_path: str | None,
                      model_config_file: str | None) -> dict[str, str]:
     """{name: base path} from either --model_name/--model_base_path or --model_config_file."""
-    from serving.models import parse_models_config
+    from serving.servables import parse_models_config
 
     if model_config_file:
         if model_base_path:
@@ -115,7 +115,7 @@ async def serve(manager, host: str, rest_port: int, grpc_port: int, max_body_byt
 
 def main(argv):
     runtime.start_tensorflow_script(argv)
-    from serving.models import ModelManager
+    from serving.servables import ModelManager
 
     try:
         paths = model_base_paths(FLAGS.model_name, FLAGS.model_base_path, FLAGS.model_config_file)

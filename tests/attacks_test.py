@@ -158,13 +158,16 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
     import shutil
 
     from export import export
-    from train import leakage
+    from nopeek_tf import evaluation
+    from nopeek_tf.config import EvaluationConfig
 
     export_dir, manifest = exported
     model_dir = str(tmp_path / "model")
     shutil.copytree(trained_dir, model_dir)
     tiny = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=3, inversion_images=4)
-    result = leakage.evaluate_leakage(model_dir, budget=tiny, train_images=40, test_images=40, recognizer_epochs=1)
+    result = evaluation.evaluate_leakage(model_dir, budget=tiny,
+                                         evaluation=EvaluationConfig(train_images=40, test_images=40,
+                                                                     recognizer_epochs=1))
     written = json.load(open(os.path.join(model_dir, "leakage.json")))
     assert written["worst_ssim"] == max(a["ssim"] for a in written["attacks"]) == result["worst_ssim"]
     assert {a["attack"] for a in written["attacks"]} == set(attacks.ATTACKS) and written["client"] == "keras"
@@ -173,12 +176,12 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
 
     # The int8 client as the device runs it: uint8 in, int8 out, dequantized; its results sit beside.
     int8_file = os.path.join(export_dir, "client", manifest.clients["int8"].file)
-    attack_data = leakage.load_attack_data("orl_faces", None, (56, 46), 40, 40)
-    int8_result, _ = leakage.attack_model_dir(model_dir, attack_data, tflite=int8_file, budget=tiny)
+    attack_data = evaluation.load_attack_data("orl_faces", None, (56, 46), 40, 40)
+    int8_result, _ = evaluation.attack_model_dir(model_dir, attack_data, tflite=int8_file, budget=tiny)
     assert int8_result["client"] == "int8"
     assert json.load(open(os.path.join(model_dir, "leakage_int8.json")))["worst_ssim"] == int8_result["worst_ssim"]
     assert json.load(open(os.path.join(model_dir, "leakage.json"))) == written  # the Keras client's file stays
-    run, variant = leakage.tflite_client(int8_file)
+    run, variant = evaluation.tflite_client(int8_file)
     device = run(attack_data.test_images[:8])
     keras_activations = model_dir_lib.load(model_dir)[0].sent_activations(attack_data.test_images[:8])
     assert variant == "int8"

@@ -1,6 +1,7 @@
-"""Runs one test file with pytest: the main of the Bazel py_test targets (tests/BUILD).
+"""Runs test files with pytest: the main of the Bazel py_test targets (tests/BUILD).
 
   bazel test //tests:dcor_test   ->   pytest tests/dcor_test.py
+  bazel test //tests:slow_test   ->   pytest tests -m slow
 """
 
 import os

@@ -22,12 +22,13 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory):
     """A small NoPeek model on ORL faces at 56x46, trained long enough to be accurate (shared)."""
-    from train import train
+    from nopeek_tf import config as config_lib
+    from nopeek_tf import training
 
     model_dir = str(tmp_path_factory.mktemp("trained"))
-    config = train.TrainConfig(dataset="orl_faces", image_size=(56, 46), alpha=1.0, epochs=12,
+    config = config_lib.TrainConfig(dataset="orl_faces", image_size=(56, 46), alpha=1.0, epochs=12,
                                batch_size=16, dcor_batch_size=50, verbose=0)
-    train.train_and_evaluate(config, model_dir)
+    training.train_and_evaluate(config, model_dir)
     return model_dir
 
 

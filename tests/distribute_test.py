@@ -11,8 +11,9 @@ import pytest
 
 from nopeek_tf import models
 from nopeek_tf.dcor import distance_correlation
+from nopeek_tf import config as config_lib
+from nopeek_tf import training
 from tests.conftest import REPO_ROOT
-from train import train
 
 
 def _run_step(replicas, tmp_path):
@@ -47,24 +48,24 @@ def test_mirrored_step_equals_single_device_step(replicas, tmp_path):
 
 
 def test_train_and_evaluate_mirrored(tmp_path):
-    config = train.TrainConfig(dataset="orl_faces", image_size=(28, 23), batch_size=8, epochs=1, alpha=1.0,
+    config = config_lib.TrainConfig(dataset="orl_faces", image_size=(28, 23), batch_size=8, epochs=1, alpha=1.0,
                                strategy="mirrored", devices=("/cpu:0", "/cpu:1"), dcor_batch_size=50, verbose=0)
-    metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
+    metrics = training.train_and_evaluate(config, str(tmp_path / "run"))
     assert metrics["replicas"] == 2 and metrics["written_by"] == "local"
     assert os.path.exists(tmp_path / "run" / "model.keras")
 
 
 def test_global_batch_must_divide_over_replicas(tmp_path):
-    config = train.TrainConfig(dataset="orl_faces", batch_size=6, strategy="mirrored",
+    config = config_lib.TrainConfig(dataset="orl_faces", batch_size=6, strategy="mirrored",
                                devices=("/cpu:0", "/cpu:1", "/cpu:2", "/cpu:3"), verbose=0)
-    with pytest.raises(train.UsageError, match="--batch_size 6 .* does not divide over 4 replicas"):
-        train.train_and_evaluate(config, str(tmp_path / "run"))
+    with pytest.raises(config_lib.ConfigError, match="--batch_size 6 .* does not divide over 4 replicas"):
+        training.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_mixed_precision_keeps_dcor_in_float32(tmp_path):
-    config = train.TrainConfig(dataset="orl_faces", image_size=(28, 23), batch_size=8, epochs=1,
+    config = config_lib.TrainConfig(dataset="orl_faces", image_size=(28, 23), batch_size=8, epochs=1,
                                mixed_precision=True, dcor_batch_size=50, verbose=0)
-    metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
+    metrics = training.train_and_evaluate(config, str(tmp_path / "run"))
     assert np.isfinite(metrics["test_loss"]) and 0 < metrics["test_dcor"] <= 1
     loaded = keras.models.load_model(tmp_path / "run" / "model.keras", compile=False)
     assert loaded.get_layer("client").get_layer("conv1_conv").dtype_policy.name == "mixed_float16"
@@ -75,12 +76,12 @@ def test_mixed_precision_keeps_dcor_in_float32(tmp_path):
 def test_multi_worker_refuses_with_the_upstream_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
                                                "task": {"type": "worker", "index": 0}}))
-    config = train.TrainConfig(strategy="multi_worker", verbose=0)
-    with pytest.raises(train.UsageError, match="keras-team/keras#20585"):
-        train.train_and_evaluate(config, str(tmp_path / "run"))
+    config = config_lib.TrainConfig(strategy="multi_worker", verbose=0)
+    with pytest.raises(config_lib.ConfigError, match="keras-team/keras#20585"):
+        training.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_multi_worker_needs_tf_config(tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(train.UsageError, match="needs the TF_CONFIG"):
-        train.train_and_evaluate(train.TrainConfig(strategy="multi_worker"), str(tmp_path / "run"))
+    with pytest.raises(config_lib.ConfigError, match="needs the TF_CONFIG"):
+        training.train_and_evaluate(config_lib.TrainConfig(strategy="multi_worker"), str(tmp_path / "run"))

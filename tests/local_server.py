@@ -5,7 +5,7 @@ import socket
 import threading
 
 from serving import server
-from serving.models import ModelManager
+from serving.servables import ModelManager
 
 
 def free_ports(count):

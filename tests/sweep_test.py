@@ -9,44 +9,46 @@ import sys
 
 import pytest
 
-from nopeek_tf import attacks
+from nopeek_tf import attacks, sweep
+from nopeek_tf.config import AttackBudget, ConfigError, EvaluationConfig, TrainConfig
 from tests.conftest import REPO_ROOT
-from train import sweep, train
 
 
 def test_plan_runs_the_undefended_model_once_per_cut_and_noise_where_asked():
     runs = sweep.plan([0, 1, 3], [0.5], [2], ["conv2", "conv3"], noise_cuts=["conv2"])
     assert [run.name for run in runs] == ["conv2_alpha0", "conv2_alpha1", "conv2_alpha3", "conv2_gaussian0.5",
                                           "conv2_uniform2", "conv3_alpha0", "conv3_alpha1", "conv3_alpha3"]
-    base = train.TrainConfig(alpha_warmup_epochs=1, alpha_ramp_epochs=2)
+    base = TrainConfig(alpha_warmup_epochs=1, alpha_ramp_epochs=2)
     noisy = sweep.train_config(base, runs[3])
     assert (noisy.alpha, noisy.noise, noisy.noise_scale, noisy.alpha_warmup_epochs) == (0.0, "gaussian", 0.5, 0.0)
     assert sweep.train_config(base, runs[1]).alpha_ramp_epochs == 2
     assert sweep.train_config(base, runs[0]).alpha_warmup_epochs == 0  # nothing to warm up at alpha 0
     assert runs[1].curve(base) == "NoPeek (cut conv2, warm-up 1+2)"
-    narrow = train.TrainConfig(client_width=0.25)
+    narrow = TrainConfig(client_width=0.25)
     assert (runs[1].curve(narrow), runs[3].curve(narrow)) == ("NoPeek (cut conv2, width x0.25)",
                                                                "gaussian noise (cut conv2, width x0.25)")
     assert sweep.train_config(narrow, runs[3]).client_width == 0.25
 
 
 def test_a_finished_run_is_reused_even_if_written_before_a_setting_existed(tmp_path):
-    config = train.TrainConfig(dataset="fashion_mnist", cut="dense", alpha=0.3, epochs=2)
+    config = TrainConfig(dataset="fashion_mnist", cut="dense", alpha=0.3, epochs=2)
     older = {key: value for key, value in config.to_json().items() if key != "client_width"}
     (tmp_path / "metrics.json").write_text(json.dumps({**older, "test_accuracy": 0.9}))
-    assert sweep._finished_metrics(str(tmp_path), config)["test_accuracy"] == 0.9
-    assert sweep._finished_metrics(str(tmp_path), dataclasses.replace(config, client_width=0.5)) is None
-    assert sweep._finished_metrics(str(tmp_path), dataclasses.replace(config, epochs=3)) is None
-    assert sweep._finished_metrics(str(tmp_path), dataclasses.replace(config, cut="auto")) is not None
+    assert sweep.finished_metrics(str(tmp_path), config)["test_accuracy"] == 0.9
+    assert sweep.finished_metrics(str(tmp_path), dataclasses.replace(config, client_width=0.5)) is None
+    assert sweep.finished_metrics(str(tmp_path), dataclasses.replace(config, epochs=3)) is None
+    assert sweep.finished_metrics(str(tmp_path), dataclasses.replace(config, cut="auto")) is not None
 
 
 def test_tiny_sweep_end_to_end(tmp_path, capsys):
     workdir = str(tmp_path / "sweep")
-    base = train.TrainConfig(dataset="orl_faces", image_size=(28, 23), epochs=1, batch_size=32,
-                             dcor_batch_size=20, alpha_warmup_epochs=0.5, verbose=0)
-    budget = attacks.AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=3, inversion_images=4)
-    defences = sweep.plan([0], [], [1], ["conv2"])
-    rows = sweep.run_sweep(base, defences, workdir, budget, train_images=64, test_images=40, recognizer_epochs=1)
+    settings = sweep.SweepSettings(
+        sweep=sweep.SweepConfig(sweep_dir=workdir, alphas=(0,), gaussian_noise=(), uniform_noise=(1,)),
+        train=TrainConfig(dataset="orl_faces", image_size=(28, 23), epochs=1, batch_size=32, dcor_batch_size=20,
+                          alpha_warmup_epochs=0.5, verbose=0),
+        budget=AttackBudget(decoder_epochs=1, decoder_width=8, inversion_steps=3, inversion_images=4),
+        evaluation=EvaluationConfig(train_images=64, test_images=40, recognizer_epochs=1))
+    rows = sweep.run_sweep(settings)
 
     assert [row["run"] for row in rows] == ["conv2_alpha0", "conv2_uniform1"]
     results = json.load(open(os.path.join(workdir, "results.json")))
@@ -63,14 +65,13 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
         assert os.path.getsize(os.path.join(workdir, picture)) > 10_000
 
     capsys.readouterr()
-    again = sweep.run_sweep(base, defences, workdir, budget, train_images=64, test_images=40, recognizer_epochs=1,
-                            plot_with=[workdir])
+    again = sweep.run_sweep(dataclasses.replace(
+        settings, sweep=dataclasses.replace(settings.sweep, plot_with=(workdir,))))
     assert capsys.readouterr().out.count("reusing leakage.json") == 2
     assert again == rows
-    with pytest.raises(train.UsageError, match="--plot_with"):
+    with pytest.raises(ConfigError, match="--plot_with"):
         sweep.load_rows(str(tmp_path / "never_ran"))
-    sweep.print_table(rows)
-    assert "| conv2_uniform1 |" in capsys.readouterr().out
+    assert "| conv2_uniform1 |" in sweep.markdown_table(rows)
 
 
 def test_bad_sweep_flags_end_with_one_line(tmp_path):

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 
 from nopeek_tf import models
+from nopeek_tf import config as config_lib
+from nopeek_tf import training
 from tests.conftest import REPO_ROOT
-from train import train
 
 SMALL_ORL = dict(dataset="orl_faces", image_size=(28, 23), batch_size=8, dcor_batch_size=50, verbose=0)
 
@@ -29,8 +30,8 @@ def _scalar_tags(log_dir):
 
 def test_train_and_evaluate_writes_everything_and_resumes(tmp_path):
     model_dir = str(tmp_path / "run")
-    config = train.TrainConfig(**SMALL_ORL, alpha=1.0, epochs=1)
-    metrics = train.train_and_evaluate(config, model_dir)
+    config = config_lib.TrainConfig(**SMALL_ORL, alpha=1.0, epochs=1)
+    metrics = training.train_and_evaluate(config, model_dir)
 
     for key in ("test_accuracy", "test_dcor", "dcor_batch_size", "alpha", "dataset", "arch", "cut"):
         assert key in metrics
@@ -51,12 +52,12 @@ def test_train_and_evaluate_writes_everything_and_resumes(tmp_path):
     np.testing.assert_allclose(halves.server(halves.client(x)).numpy(), loaded.predict(x, verbose=0), atol=1e-5)
 
     # Same flags, more epochs: continues after the finished epoch.
-    resumed = train.train_and_evaluate(train.TrainConfig(**SMALL_ORL, alpha=1.0, epochs=2), model_dir)
+    resumed = training.train_and_evaluate(config_lib.TrainConfig(**SMALL_ORL, alpha=1.0, epochs=2), model_dir)
     assert resumed["epochs_run_now"] == 1
 
     # Other flags in the same model dir: refused, nothing overwritten.
-    with pytest.raises(train.UsageError, match=r"holds a run with other flags \(alpha: 1.0 -> 2.0\)"):
-        train.train_and_evaluate(train.TrainConfig(**SMALL_ORL, alpha=2.0, epochs=2), model_dir)
+    with pytest.raises(config_lib.ConfigError, match=r"holds a run with other flags \(alpha: 1.0 -> 2.0\)"):
+        training.train_and_evaluate(config_lib.TrainConfig(**SMALL_ORL, alpha=2.0, epochs=2), model_dir)
 
 
 def _run_cli(args, **kwargs):
@@ -66,28 +67,33 @@ def _run_cli(args, **kwargs):
 
 
 @pytest.mark.parametrize("config, flag", [
-    (dict(dataset="no_such_dataset"), "--dataset"),
     (dict(arch="vgg"), "--arch"),
     (dict(cut="conv9"), "--cut"),
     (dict(alpha=-1.0), "--alpha"),
     (dict(batch_size=1), "--batch_size"),
 ])
 def test_bad_settings_name_the_flag(tmp_path, config, flag):
+    with pytest.raises(config_lib.ConfigError) as error:
+        training.train_and_evaluate(config_lib.TrainConfig(**config, verbose=0), str(tmp_path / "run"))
+    assert str(error.value).startswith(flag)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_dataset_is_named_and_nothing_is_written(tmp_path):
     from nopeek_tf.data import DatasetError
 
-    with pytest.raises((train.UsageError, DatasetError)) as error:
-        train.train_and_evaluate(train.TrainConfig(**config, verbose=0), str(tmp_path / "run"))
-    message = f"--dataset: {error.value}" if isinstance(error.value, DatasetError) else str(error.value)
-    assert message.startswith(flag)
+    with pytest.raises(DatasetError, match="^dataset no_such_dataset is not available offline"):
+        training.train_and_evaluate(config_lib.TrainConfig(dataset="no_such_dataset", verbose=0),
+                                    str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
 def test_bad_image_size_and_model_dir_name_the_flag(tmp_path):
-    with pytest.raises(train.UsageError, match="^--image_size must look like HEIGHTxWIDTH"):
-        train.parse_image_size("big")
+    with pytest.raises(config_lib.ConfigError, match="^--image_size must look like HEIGHTxWIDTH"):
+        config_lib.parse_image_size("big")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(train.UsageError, match="^--model_dir .* cannot be written"):
-        train.train_and_evaluate(train.TrainConfig(**SMALL_ORL, epochs=1), str(tmp_path / "file" / "run"))
+    with pytest.raises(config_lib.ConfigError, match="^--model_dir .* cannot be written"):
+        training.train_and_evaluate(config_lib.TrainConfig(**SMALL_ORL, epochs=1), str(tmp_path / "file" / "run"))
 
 
 def test_bad_flags_end_with_one_line_naming_the_flag(tmp_path):

@@ -1,0 +1,335 @@
+"""One source for every setting: dataclasses whose fields carry their flag's help and checks.
+
+Each setting is written once, as a field made with :func:`setting`. From the
+dataclass come the absl flags (:func:`define_flags`), the config read back from
+the command line (:func:`from_flags`), the one-line checks (:func:`check`), and
+the JSON written to ``config.json`` and ``metrics.json`` (:func:`to_json`). A new
+training flag is one new field of :class:`TrainConfig`: it appears in
+``train.train``, in ``train.sweep`` (unless the sweep varies it per run) and in
+``config.json``.
+
+This module does not import TensorFlow, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+NOISE_KINDS = ("none", "gaussian", "uniform")
+DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message starts with the flag's name (``--alpha must be ...``)."""
+
+
+def setting(default: Any, help: str, *, minimum: float | None = None, above: float | None = None,
+            choices: Sequence[str] | None = None, why: str = "", resumable: bool = False, swept: bool = False,
+            flag: bool = True, saved: bool = True) -> Any:
+    """A dataclass field that is also a command-line flag.
+
+    Args:
+      default: the default value (immutable: numbers, strings, tuples, None).
+      help: the flag's help text.
+      minimum: the value must be >= this.
+      above: the value must be > this.
+      choices: the value must be one of these strings.
+      why: a reason appended to a failed ``minimum``/``above`` check.
+      resumable: a run may be resumed with another value (the rest must match config.json).
+      swept: ``train.sweep`` sets it per run, so the sweep has no flag of its own for it.
+      flag: False for fields that are not command-line flags.
+      saved: False for fields left out of config.json (they do not define the run).
+    """
+    return dataclasses.field(default=default, metadata=dict(
+        help=help, minimum=minimum, above=above, choices=tuple(choices) if choices else None, why=why,
+        resumable=resumable, swept=swept, flag=flag, saved=saved))
+
+
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    """"56x46" -> (56, 46); None or "" -> None."""
+    if not text:
+        return None
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--image_size must look like HEIGHTxWIDTH (e.g. 56x46), got {text!r}") from None
+    if height < 1 or width < 1:
+        raise ConfigError(f"--image_size must be positive, got {text!r}")
+    return height, width
+
+
+class Settings:
+    """Methods shared by the settings dataclasses."""
+
+    def to_json(self) -> dict:
+        """The saved fields as JSON-ready values (see :func:`to_json`)."""
+        return to_json(self)
+
+    def validate(self) -> None:
+        """Checks every field; raises ConfigError naming the flag."""
+        check(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Everything that defines a training run (``python -m train.train``; one field per flag)."""
+
+    dataset: str = setting("orl_faces", "orl_faces (offline, default), fashion_mnist (offline from Debian's "
+                           "dataset-fashion-mnist or --data_dir), or any TFDS name (needs internet).")
+    data_dir: str | None = setting(None, "For fashion_mnist/mnist: a folder of MNIST-format idx files. For TFDS "
+                                   "names: the TFDS data dir.")
+    image_size: tuple[int, int] | None = setting(None, "Resize images to HEIGHTxWIDTH (e.g. 56x46 for ORL at "
+                                                 "half size).")
+    arch: str = setting("auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn or resnet_small.")
+    cut: str = setting("auto", "The last block on the client (auto: the architecture's default).", swept=True)
+    client_width: float = setting(1.0, "Multiply the filters and units of the client's blocks by this (e.g. 0.25 "
+                                  "narrows what the client sends; the server keeps its width).", above=0)
+    alpha: float = setting(1.0, "Weight of the NoPeek loss alpha * dCor(image, activations); 0 disables it.",
+                           minimum=0, swept=True)
+    alpha_warmup_epochs: float = setting(0.0, "Train this many epochs (may be fractional) with alpha 0 first.",
+                                         minimum=0)
+    alpha_ramp_epochs: float = setting(0.0, "Then raise alpha linearly to --alpha over this many epochs.",
+                                       minimum=0)
+    noise: str = setting("none", "Noise baseline: add gaussian or uniform noise to the activations the client "
+                         "sends (training and inference).", choices=NOISE_KINDS, swept=True)
+    noise_scale: float = setting(0.0, "Noise std relative to each sample's activation std.", minimum=0, swept=True)
+    epochs: int = setting(40, "Training epochs (in total, counting epochs of a resumed run).", minimum=1,
+                          resumable=True)
+    batch_size: int = setting(32, "Batch size (global); dCor is computed over each batch.", minimum=2,
+                              why="dCor is computed over pairs")
+    learning_rate: float = setting(1e-3, "Adam learning rate.", above=0)
+    seed: int = setting(0, "Random seed (weights, shuffling).")
+    strategy: str = setting("default", "tf.distribute strategy: default (one device), mirrored (the local GPUs, "
+                            "or --devices), multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).",
+                            choices=STRATEGIES, resumable=True)
+    devices: tuple[str, ...] | None = setting(None, "For mirrored: the devices, e.g. /gpu:0,/gpu:1 (default: all "
+                                              "GPUs, or all logical CPUs when there is no GPU).", resumable=True)
+    cpu_devices: int = setting(0, "Split the CPU into this many logical devices (develop and test tf.distribute "
+                               "without GPUs).", minimum=0, resumable=True)
+    mixed_precision: bool = setting(False, "Train with the mixed_float16 policy (GPUs); dCor stays float32.")
+    dcor_batch_size: int = setting(100, "Batch size of the test dCor (a batch statistic).", minimum=2)
+    leakage_images: int = setting(0, "Log the test dCor and a quick attack's SSIM on this many test images to "
+                                  "TensorBoard every epoch (0: off).", minimum=0, resumable=True)
+    verbose: int = setting(2, "Keras fit verbosity.", flag=False, saved=False)
+
+    def validate(self) -> None:
+        """Checks every field and the rules between fields; raises ConfigError naming the flag."""
+        check(self)
+        if (self.noise != "none") != (self.noise_scale > 0):
+            raise ConfigError("--noise_scale must be > 0 with --noise=gaussian/uniform, and 0 with --noise=none")
+        if self.leakage_images == 1:
+            raise ConfigError("--leakage_images must be 0 (off) or at least 2, got 1")
+        if self.devices and self.strategy != "mirrored":
+            raise ConfigError("--devices is for --strategy=mirrored")
+        if self.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
+            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable (see the README)")
+        if self.arch != "auto" or self.cut != "auto":
+            from nopeek_tf import models  # imports TensorFlow: only when arch or cut is named
+
+            if self.arch != "auto" and self.arch not in models.ARCHITECTURES:
+                raise ConfigError(f"--arch: unknown architecture {self.arch!r}; choose auto or one of "
+                                  f"{', '.join(models.ARCHITECTURES)}")
+            if self.arch != "auto":
+                try:
+                    models.resolve_cut(self.arch, self.cut)
+                except ValueError as error:
+                    raise ConfigError(f"--cut: {error}") from None
+
+    def with_arch(self, image_shape: Sequence[int]) -> "TrainConfig":
+        """Replaces arch/cut "auto" with the dataset's default architecture and its default cut."""
+        from nopeek_tf import models
+
+        arch = self.arch if self.arch != "auto" else default_arch(self.dataset, image_shape)
+        try:
+            cut = models.resolve_cut(arch, self.cut)
+        except ValueError as error:
+            raise ConfigError(f"--cut: {error}") from None
+        return dataclasses.replace(self, arch=arch, cut=cut)
+
+
+def default_arch(dataset: str, image_shape: Sequence[int] | None = None) -> str | None:
+    """The architecture for a dataset: by name, else by image shape (None if neither is known)."""
+    if dataset in DEFAULT_ARCH_FOR_DATASET:
+        return DEFAULT_ARCH_FOR_DATASET[dataset]
+    if image_shape is None:
+        return None
+    return "mnist_cnn" if tuple(image_shape) == (28, 28, 1) else "resnet_small"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackBudget(Settings):
+    """How hard each reconstruction attack tries (stated with every result)."""
+
+    decoder_epochs: int = setting(40, "Most epochs of each decoder attack (stops early when converged).", minimum=1)
+    decoder_batch_size: int = setting(64, "Batch size of the decoder attacks.", minimum=1)
+    decoder_learning_rate: float = setting(1e-3, "Adam learning rate of the decoder attacks.", above=0)
+    decoder_width: int = setting(64, "Filters of the decoder's convolutions.", minimum=1)
+    leaked_fraction: float = setting(0.9, "Share of the test images whose (image, activation) pairs leak; the "
+                                     "attacks are scored on the rest.", above=0)
+    inversion_images: int = setting(32, "Scored images the inversion attack reconstructs.", minimum=1)
+    inversion_steps: int = setting(500, "Adam steps of the inversion attack.", minimum=1)
+    inversion_learning_rate: float = setting(0.05, "Adam learning rate of the inversion attack.", above=0)
+    inversion_tv_weight: float = setting(0.02, "Weight of the inversion's total-variation prior.", minimum=0)
+
+    def validate(self) -> None:
+        """Checks every field; raises ConfigError naming the flag."""
+        check(self)
+        if self.leaked_fraction >= 1:
+            raise ConfigError(f"--leaked_fraction must be between 0 and 1, got {self.leaked_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig(Settings):
+    """Which images a leakage evaluation uses, and how the reconstructions are judged."""
+
+    train_images: int = setting(2000, "Training images the public-client attacker uses.", minimum=1)
+    test_images: int = setting(1000, "Test images (leaked share + scored share).", minimum=1)
+    recognizer_epochs: int = setting(20, "Epochs of the separate classifier that judges reconstructions.",
+                                     minimum=1)
+    attack_seed: int = setting(0, "Splits the test images into leaked and scored ones.")
+
+
+# --- Deriving flags, checks and JSON from the fields ------------------------------------------
+
+def _fields(config_class) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(config_class)
+    return [(field, hints[field.name]) for field in dataclasses.fields(config_class)]
+
+
+def _kind(hint) -> str:
+    """"bool", "int", "float", "str", "size" (HEIGHTxWIDTH), "list" or "floats" (comma-separated)."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if typing.get_origin(base) is tuple:
+        element = typing.get_args(base)
+        return "size" if element == (int, int) else "floats" if element[0] is float else "list"
+    return base.__name__
+
+
+def flag_fields(config_class, exclude: Iterable[str] = (), include_swept: bool = True) -> list[str]:
+    """The names of ``config_class``'s fields that are flags (less ``exclude``, and swept ones if asked)."""
+    exclude = set(exclude)
+    return [field.name for field, _ in _fields(config_class)
+            if field.metadata.get("flag", True) and field.name not in exclude
+            and (include_swept or not field.metadata.get("swept"))]
+
+
+def define_flags(config_class, exclude: Iterable[str] = (), include_swept: bool = True, flag_values=None) -> None:
+    """Defines an absl flag for each flag field of ``config_class``, with its default and help.
+
+    Checks are not absl validators: :func:`check` raises one-line ConfigErrors
+    after parsing, so that a bad value reads the same from a script and a test.
+    A script shows them in ``--helpshort`` with ``flags.adopt_module_key_flags(nopeek_tf.config)``.
+    """
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    definers = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer, "float": flags.DEFINE_float,
+                "str": flags.DEFINE_string, "size": flags.DEFINE_string, "list": flags.DEFINE_list,
+                "floats": flags.DEFINE_list}
+    fields = dict((field.name, (field, hint)) for field, hint in _fields(config_class))
+    for name in flag_fields(config_class, exclude, include_swept):
+        field, hint = fields[name]
+        kind = _kind(hint)
+        help_text = field.metadata["help"]
+        if field.metadata.get("choices"):
+            help_text += f" One of: {', '.join(field.metadata['choices'])}."
+        default = field.default
+        if kind == "size" and default is not None:
+            default = "x".join(str(part) for part in default)
+        elif kind in ("list", "floats") and default is not None:
+            default = [format(value, "g") if kind == "floats" else value for value in default]
+        definers[kind](name, default, help_text, flag_values=flag_values)
+
+
+def from_flags(config_class, base=None, flag_values=None, **overrides):
+    """The ``config_class`` instance the parsed flags describe.
+
+    Args:
+      config_class: a dataclass whose fields were made with :func:`setting`.
+      base: values for the flags not given on the command line (default: the
+        fields' defaults): a sweep configuration module's settings, say.
+      flag_values: absl FlagValues (default: absl.flags.FLAGS).
+      **overrides: values for fields that are not flags.
+    """
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    values = {}
+    fields = {field.name: hint for field, hint in _fields(config_class)}
+    for name in flag_fields(config_class):
+        if name not in flag_values:
+            continue
+        flag = flag_values[name]
+        if base is not None and not flag.present:
+            values[name] = getattr(base, name)
+            continue
+        value = flag.value
+        kind = _kind(fields[name])
+        if kind == "size":
+            value = parse_image_size(value)
+        elif kind == "list":
+            value = tuple(value) if value else None
+        elif kind == "floats":
+            value = _floats(name, value)
+        values[name] = value
+    return config_class(**values, **overrides) if base is None else dataclasses.replace(base, **values, **overrides)
+
+
+def _floats(name: str, texts: Sequence[str] | None) -> tuple[float, ...]:
+    try:
+        return tuple(float(text) for text in texts or [])
+    except ValueError:
+        raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {','.join(texts)!r}") from None
+
+
+def check(config) -> None:
+    """Checks each field of ``config`` against its ``minimum``, ``above`` and ``choices``."""
+    for field, _ in _fields(type(config)):
+        value = getattr(config, field.name)
+        for item in value if isinstance(value, tuple) else [value]:
+            _check_value(field.name, item, field.metadata)
+
+
+def _check_value(name: str, value: Any, meta) -> None:
+    why = f" ({meta['why']})" if meta.get("why") else ""
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"--{name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        bound = "at least" if isinstance(value, int) and meta["minimum"] > 0 else ">="
+        raise ConfigError(f"--{name} must be {bound} {meta['minimum']:g}{why}, got {value:g}")
+    if meta.get("above") is not None and value <= meta["above"]:
+        raise ConfigError(f"--{name} must be > {meta['above']:g}{why}, got {value:g}")
+
+
+def to_json(config) -> dict:
+    """The saved fields of ``config`` as JSON-ready values (tuples become lists)."""
+    values = {}
+    for field, _ in _fields(type(config)):
+        if field.metadata.get("saved", True):
+            value = getattr(config, field.name)
+            values[field.name] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+def resumable_fields(config_class=TrainConfig) -> tuple[str, ...]:
+    """The fields that may change when a run resumes."""
+    return tuple(field.name for field, _ in _fields(config_class) if field.metadata.get("resumable"))
+
+
+def changed_settings(previous: dict, config, ignore: Iterable[str] | None = None) -> list[str]:
+    """The settings of ``config`` that differ from ``previous`` (a config.json or metrics.json), but ``ignore``.
+
+    ``ignore`` defaults to the resumable fields. A key missing from ``previous``
+    (written by an older version) had its default value then.
+    """
+    ignore = set(resumable_fields(type(config)) if ignore is None else ignore)
+    wanted = to_json(config)
+    defaults = to_json(type(config)())
+    return sorted(key for key in wanted if key not in ignore and previous.get(key, defaults.get(key)) != wanted[key])

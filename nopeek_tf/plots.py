@@ -1,0 +1,91 @@
+"""The pictures a run writes: image grids of reconstructions, and the privacy-utility plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nopeek_tf import files
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_image_grid(path: str, rows: dict[str, np.ndarray], group_titles: Sequence[str] = (),
+                    cell_inches: tuple[float, float] = (1.0, 1.1)) -> None:
+    """Writes a PNG with one labelled row of images per entry of ``rows``.
+
+    Args:
+      path: the PNG to write (atomically).
+      rows: label -> images [columns, H, W, C] in [0, 1]; shorter rows leave blanks.
+      group_titles: titles of equal column groups, left to right (e.g. one
+        group per attack); empty for none.
+      cell_inches: width and height of one image.
+    """
+    plt = _pyplot()
+    columns = max(len(images) for images in rows.values())
+    figure, axes = plt.subplots(len(rows), columns, squeeze=False,
+                                figsize=(cell_inches[0] * columns + 0.6, cell_inches[1] * len(rows) + 0.3))
+    group_size = columns // len(group_titles) if group_titles else columns
+    for row_index, (label, images) in enumerate(rows.items()):
+        for column in range(columns):
+            axis = axes[row_index][column]
+            if column < len(images):
+                image = images[column]
+                axis.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row_index == 0 and group_titles and column % group_size == 0:
+                axis.set_title(group_titles[column // group_size], fontsize=8, loc="left")
+        axes[row_index][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    figure.tight_layout(pad=0.3)
+    with files.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+
+
+def save_privacy_utility(path: str, rows: list[dict], title: str) -> None:
+    """Accuracy against worst-case attack SSIM and against test dCor, one curve per defence.
+
+    Args:
+      path: the PNG to write (atomically).
+      rows: result rows with ``curve``, ``cut``, ``defence``, ``strength``,
+        ``test_accuracy``, ``worst_ssim``, ``test_dcor`` and optionally
+        ``label_only_ssim``; each curve starts at its cut's undefended row.
+      title: the figure's title.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    undefended = {row["cut"]: row for row in rows if row["defence"] == "nopeek" and row["strength"] == 0}
+    curves: dict[str, list[dict]] = {}
+    for row in rows:
+        curves.setdefault(row["curve"], []).append(row)
+    for curve, members in curves.items():
+        start = undefended.get(members[0]["cut"])
+        points = sorted(members + ([start] if start and start not in members else []), key=lambda r: r["strength"])
+        for axis, x in zip(axes, ("worst_ssim", "test_dcor")):
+            line, = axis.plot([p[x] for p in points], [p["test_accuracy"] for p in points], "o-", label=curve)
+            for point in points:
+                axis.annotate(f"{point['strength']:g}", (point[x], point["test_accuracy"]), fontsize=7,
+                              textcoords="offset points", xytext=(3, 3), color=line.get_color())
+    label_only = [row["label_only_ssim"] for row in rows if row.get("label_only_ssim") is not None]
+    if label_only:
+        axes[0].axvline(label_only[0], color="grey", linestyle=":", label="label-only reference")
+    axes[0].set_xlabel("worst-case attack SSIM (lower = more private)")
+    axes[1].set_xlabel("test dCor(image, activations)")
+    for axis in axes:
+        axis.set_ylabel("test accuracy")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    with files.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,14 @@
+"""What the Fashion-MNIST sweeps share: 2 epochs at batch 128, and the quick attack budget.
+
+The quick budget (public client on 5,000 training images, leaked pairs on
+1,800 test pairs, scored on 200; decoders width 32 up to 10 epochs; inversion
+on 32 images, 300 steps) is for comparing defences in one sweep; it
+underestimates what an attacker with the full training split reconstructs.
+"""
+
+from nopeek_tf.config import AttackBudget, EvaluationConfig, TrainConfig
+
+TRAIN = TrainConfig(dataset="fashion_mnist", epochs=2, batch_size=128, verbose=0)
+QUICK_BUDGET = AttackBudget(decoder_width=32, decoder_epochs=10, inversion_steps=300, inversion_images=32)
+QUICK_IMAGES = EvaluationConfig(train_images=5000, test_images=2000, recognizer_epochs=3)
+WARM_UP = dict(alpha_warmup_epochs=0.5, alpha_ramp_epochs=0.5)
