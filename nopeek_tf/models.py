@@ -248,13 +248,13 @@ def _residual(name: str, filters: int, stride: int) -> Block:
     return block
 
 
-def _resnet_stem(name: str, filters: int) -> Block:
+def _resnet_stem(name: str, filters: int, _: object = None) -> Block:
     def block(x):
         return keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     return block
 
 
-def _resnet_head(name: str) -> Block:
+def _resnet_head(name: str, _width: int = 0, _: object = None) -> Block:
     def block(x):
         x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
@@ -262,8 +262,8 @@ def _resnet_head(name: str) -> Block:
     return block
 
 
-def _base_width(_: str, base: int) -> int:
-    return base
+# A block: (name, builder, base filters or units, the builder's option: pool, dropout or stride).
+BlockSpec = tuple[str, Callable[[str, int, object], Block], int, object]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,56 +273,37 @@ class Architecture:
     name: str
     description: str
     default_cut: str
-    # Called with width(block name, base filters or units) -> the filters or units to build.
-    make_blocks: Callable[[Callable[[str, int], int]], Sequence[tuple[str, Block]]]
+    blocks: tuple[BlockSpec, ...]
 
     @property
     def cuts(self) -> tuple[str, ...]:
         """The block names the model can be cut after (client = up to and including it)."""
-        return tuple(name for name, _ in self.make_blocks(_base_width))
+        return tuple(name for name, *_ in self.blocks)
+
+    def make_blocks(self, width: Callable[[str, int], int]) -> list[tuple[str, Block]]:
+        """The blocks, each built with ``width(block name, base filters or units)`` filters or units."""
+        return [(name, builder(name, width(name, base), option)) for name, builder, base, option in self.blocks]
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     arch.name: arch
     for arch in (
         Architecture(
-            "mnist_cnn",
-            "Small CNN for 28x28 grey images (Fashion-MNIST, MNIST); cut conv2 gives 14x14x32.",
+            "mnist_cnn", "Small CNN for 28x28 grey images (Fashion-MNIST, MNIST); cut conv2 gives 14x14x32.",
             "conv2",
-            lambda width: [
-                ("conv1", _conv("conv1", width("conv1", 32), pool=False)),
-                ("conv2", _conv("conv2", width("conv2", 32), pool=True)),
-                ("conv3", _conv("conv3", width("conv3", 64), pool=True)),
-                ("dense", _dense("dense", width("dense", 128), dropout=0.0)),
-            ],
-        ),
+            (("conv1", _conv, 32, False), ("conv2", _conv, 32, True), ("conv3", _conv, 64, True),
+             ("dense", _dense, 128, 0.0))),
         Architecture(
-            "orl_cnn",
-            "CNN for ORL faces (112x92 grey, or downscaled); cut conv2 gives 28x23x32 at full size.",
+            "orl_cnn", "CNN for ORL faces (112x92 grey, or downscaled); cut conv2 gives 28x23x32 at full size.",
             "conv2",
-            lambda width: [
-                ("conv1", _conv("conv1", width("conv1", 16), pool=True)),
-                ("conv2", _conv("conv2", width("conv2", 32), pool=True)),
-                ("conv3", _conv("conv3", width("conv3", 64), pool=True)),
-                ("conv4", _conv("conv4", width("conv4", 128), pool=True)),
-                ("dense", _dense("dense", width("dense", 128), dropout=0.5)),
-            ],
-        ),
+            (("conv1", _conv, 16, True), ("conv2", _conv, 32, True), ("conv3", _conv, 64, True),
+             ("conv4", _conv, 128, True), ("dense", _dense, 128, 0.5))),
         Architecture(
-            "resnet_small",
-            "ResNet-v2 with 6 basic blocks (16/32/64 filters) for 32x32 RGB (CIFAR-10).",
+            "resnet_small", "ResNet-v2 with 6 basic blocks (16/32/64 filters) for 32x32 RGB (CIFAR-10).",
             "block1b",
-            lambda width: [
-                ("stem", _resnet_stem("stem", width("stem", 16))),
-                ("block1a", _residual("block1a", width("block1a", 16), 1)),
-                ("block1b", _residual("block1b", width("block1b", 16), 1)),
-                ("block2a", _residual("block2a", width("block2a", 32), 2)),
-                ("block2b", _residual("block2b", width("block2b", 32), 1)),
-                ("block3a", _residual("block3a", width("block3a", 64), 2)),
-                ("block3b", _residual("block3b", width("block3b", 64), 1)),
-                ("pool", _resnet_head("pool")),
-            ],
-        ),
+            (("stem", _resnet_stem, 16, None), ("block1a", _residual, 16, 1), ("block1b", _residual, 16, 1),
+             ("block2a", _residual, 32, 2), ("block2b", _residual, 32, 1), ("block3a", _residual, 64, 2),
+             ("block3b", _residual, 64, 1), ("pool", _resnet_head, 0, None))),
     )
 }
 
