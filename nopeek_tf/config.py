@@ -110,6 +110,9 @@ class TrainConfig(Settings):
                             choices=STRATEGIES, resumable=True)
     devices: tuple[str, ...] | None = setting(None, "For mirrored: the devices, e.g. /gpu:0,/gpu:1 (default: all "
                                               "GPUs, or all logical CPUs when there is no GPU).", resumable=True)
+    peer_timeout_seconds: float = setting(300.0, "For multi_worker: end with an error if the workers of TF_CONFIG "
+                                          "have not all connected and run a first step within this time.",
+                                          above=0, resumable=True)
     cpu_devices: int = setting(0, "Split the CPU into this many logical devices (develop and test tf.distribute "
                                "without GPUs).", minimum=0, resumable=True)
     mixed_precision: bool = setting(False, "Train with the mixed_float16 policy (GPUs); dCor stays float32.")

@@ -252,8 +252,13 @@ def make_pipeline(
     seed: int,
     image_size: Sequence[int] | None = None,
     drop_remainder: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
-    """Resizes (area, to uint8 pixels), scales pixels to [0, 1], caches, shuffles, batches, prefetches."""
+    """Resizes (area, to uint8 pixels), scales pixels to [0, 1], caches, shuffles, batches, prefetches.
+
+    ``shard=(count, index)`` keeps every count-th example of the shuffled stream
+    from ``index`` on (one worker's share; every worker shuffles alike with ``seed``).
+    """
 
     def scale(image, label):
         if image_size:  # to uint8 pixels of the new size first, as a device does (manifest.resize_area)
@@ -264,6 +269,8 @@ def make_pipeline(
     ds = raw.map(scale, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if shuffle:
         ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+    if shard is not None:
+        ds = ds.shard(*shard)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 

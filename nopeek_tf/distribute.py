@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import re
+import json
+import os
+import subprocess
+import sys
 
 import keras
 import tensorflow as tf
 
 from nopeek_tf.config import ConfigError, TrainConfig
-
-# Keras 3 fit() fails under MultiWorkerMirroredStrategy up to this version (checked
-# here with 3.15.1 and a one-layer model; keras-team/keras#20585). Raise it when a
-# fixed Keras is out and tests/distribute_test.py's multi-worker test passes.
-KERAS_WITHOUT_MULTI_WORKER_FIT = (3, 15, 1)
-
 
 def split_cpu(count: int) -> None:
     """Splits the CPU into ``count`` logical devices (for developing tf.distribute without GPUs).
@@ -45,12 +42,9 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
         except (ValueError, RuntimeError) as error:
             raise ConfigError(f"--devices: {error}") from None
     elif config.strategy == "multi_worker":
-        keras_version = tuple(int(part) for part in re.findall(r"\d+", keras.version())[:3])
-        if keras_version <= KERAS_WITHOUT_MULTI_WORKER_FIT:
-            raise ConfigError(
-                f"--strategy=multi_worker: Keras {keras.version()} cannot fit() under MultiWorkerMirroredStrategy "
-                "(keras-team/keras#20585: even a one-layer model fails); use mirrored on one machine")
+        watchdog = PeerWatchdog(config.peer_timeout_seconds)  # the constructor already waits for the peers
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy.peer_watchdog = watchdog
     else:
         strategy = tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
@@ -58,6 +52,55 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
         raise ConfigError(f"--batch_size {config.batch_size} (the global batch) does not divide over "
                           f"{replicas} replicas; use a multiple of {replicas}")
     return strategy
+
+
+# The watchdog process: waits for its stdin to close (the workers met, or the trainer ended);
+# after the timeout it prints the message and kills the trainer.
+_WATCHDOG = """
+import os, select, signal, sys
+trainer, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], seconds)[0]:
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(trainer, signal.SIGKILL)
+"""
+
+
+class PeerWatchdog:
+    """Ends the process with one line naming TF_CONFIG if the workers have not met within ``seconds``.
+
+    A MultiWorkerMirroredStrategy whose peers are unreachable (a wrong address,
+    a worker that was never started) waits in TensorFlow's C++ runtime for ever,
+    holding the GIL and ignoring SIGTERM, so the watch runs in a small separate
+    process. It starts before the strategy connects and stops once the first
+    collective step has run.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        try:
+            cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+        except ValueError:
+            cluster = {}
+        peers = ", ".join(address for addresses in cluster.values() for address in addresses) or "none"
+        message = (f"error: TF_CONFIG: the workers ({peers}) did not all connect within {seconds:g} s "
+                   "(--peer_timeout_seconds); check the addresses and start every worker")
+        self._process = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds), message],
+                                         stdin=subprocess.PIPE)
+
+    def stop(self) -> None:
+        """The workers have met: stop watching."""
+        if self._process is not None:
+            self._process.stdin.close()
+            self._process.wait()
+            self._process = None
+
+
+def peers_met(strategy: tf.distribute.Strategy) -> None:
+    """Stops the strategy's peer watchdog, if it has one (after the first collective step)."""
+    watchdog = getattr(strategy, "peer_watchdog", None)
+    if watchdog is not None:
+        watchdog.stop()
 
 
 def task_name(strategy: tf.distribute.Strategy) -> str:
@@ -84,21 +127,3 @@ def weights_fingerprint(model: keras.Model) -> str:
     for weight in model.get_weights():
         digest.update(weight.tobytes())
     return digest.hexdigest()[:16]
-
-
-class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras BackupAndRestore (every epoch; never deleted) that only the ``writer`` saves.
-
-    Every worker restores from the shared ``backup_dir`` so that all resume at
-    the same epoch; only the chief writes it. Overrides Keras's private
-    ``_save_model`` (pinned in requirements.txt; tests/private_hooks_test.py
-    fails when it disappears).
-    """
-
-    def __init__(self, backup_dir: str, writer: bool):
-        super().__init__(backup_dir, delete_checkpoint=False)
-        self.writer = writer
-
-    def _save_model(self):
-        if self.writer:
-            super()._save_model()

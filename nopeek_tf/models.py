@@ -61,6 +61,7 @@ class NoPeekLayer(keras.layers.Layer):
         self.alpha_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="alpha_scale")
         self.dcor_tracker = keras.metrics.Mean(name=DCOR_METRIC_NAME)
         self._loss_threads: dict[int, int] = {}
+        self._last_dcor: dict[int, tuple[tf.Tensor, tf.Tensor]] = {}
 
     def batch_dcor(self, raw: tf.Tensor, activations: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Returns (dCor of the batch in float32, 1.0 if the batch has >= 2 samples else 0.0).
@@ -97,8 +98,18 @@ class NoPeekLayer(keras.layers.Layer):
             loss = self.alpha * self.alpha_scale * value * weight
             self.add_loss(loss)
             self._loss_threads[id(loss)] = threading.get_ident()
-        self.dcor_tracker.update_state(value, sample_weight=weight)
+        self._last_dcor[threading.get_ident()] = (value, weight)
+        if not tf.distribute.in_cross_replica_context() or not tf.distribute.has_strategy():
+            self.dcor_tracker.update_state(value, sample_weight=weight)
         return activations
+
+    def last_dcor(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """(dCor, weight) of this layer's last call in the calling thread (a replica's, under a strategy).
+
+        The custom training loop (:mod:`nopeek_tf.loop`) reads the dCor metric here;
+        ``fit`` reads the ``dcor`` metric that the same call updates.
+        """
+        return self._last_dcor[threading.get_ident()]
 
     # MirroredStrategy runs the replicas in threads that share this layer, and
     # Keras keeps added losses in one list per layer: without this filter, replica

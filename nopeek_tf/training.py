@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nopeek_tf import data, distribute, models
+from nopeek_tf import data, distribute, loop, models
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.config import TrainConfig
 from nopeek_tf.dcor import mean_batch_dcor
@@ -64,8 +64,12 @@ def start_run(config: TrainConfig, model_dir: str | None) -> Run:
     return Run(config, model_dir, strategy, chief, raw, tuple(shape))
 
 
-def build_model(run: Run) -> models.SplitModel:
-    """The compiled split model, built under the run's strategy (and dtype policy)."""
+def build_model(run: Run) -> tuple[models.SplitModel, loop.Trainer]:
+    """The split model and its trainer (optimizer), built under the run's strategy (and dtype policy).
+
+    The full model is compiled with the same optimizer and loss, so that the saved
+    ``model.keras`` can be trained further with ``fit``.
+    """
     config = run.config
     previous_policy = keras.config.dtype_policy()
     if config.mixed_precision:
@@ -75,32 +79,49 @@ def build_model(run: Run) -> models.SplitModel:
             noise = (config.noise, config.noise_scale) if config.noise != "none" else None
             split = models.build_split_model(config.arch, run.input_shape, run.raw.info.num_classes, config.cut,
                                              config.alpha, noise=noise, client_width=config.client_width)
-            split.full.compile(
-                optimizer=keras.optimizers.Adam(config.learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            )
+        trainer = loop.Trainer(split, run.strategy, config.learning_rate, config.mixed_precision)
+        with run.strategy.scope():
+            split.full.compile(optimizer=trainer.optimizer,
+                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                               metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    return split
+    return split, trainer
 
 
-def make_callbacks(run: Run, split: models.SplitModel) -> list[keras.callbacks.Callback]:
-    """Checkpoints (every task restores, the chief saves), the alpha schedule, leakage and TensorBoard logs."""
-    config = run.config
-    callbacks = [distribute.ChiefBackupAndRestore(os.path.join(run.model_dir, model_dir_lib.CHECKPOINT_DIR),
-                                                  writer=run.chief)]
-    if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
-        callbacks.append(models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs))
-    if run.chief and config.leakage_images:
-        from nopeek_tf import attacks
+class EpochReporter:
+    """What happens after each epoch besides training: TensorBoard, the leakage callback, the progress line.
 
-        images = test_images(run, config.leakage_images)
-        callbacks.append(attacks.LeakageCallback(split.sent_activations, images, config.dcor_batch_size,
-                                                 os.path.join(run.model_dir, model_dir_lib.LOG_DIR, "leakage")))
-    if run.chief:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run.model_dir, model_dir_lib.LOG_DIR)))
-    return callbacks
+    Only the chief writes; every task prints (a worker's lines say it is one).
+    """
+
+    def __init__(self, run: Run, split: models.SplitModel):
+        self.run = run
+        self.writers = {}
+        self.leakage = None
+        if run.chief:
+            log_dir = os.path.join(run.model_dir, model_dir_lib.LOG_DIR)
+            self.writers = {name: tf.summary.create_file_writer(os.path.join(log_dir, name))
+                            for name in ("train", "validation")}
+            if run.config.leakage_images:
+                from nopeek_tf import attacks
+
+                self.leakage = attacks.LeakageCallback(split.sent_activations,
+                                                       test_images(run, run.config.leakage_images),
+                                                       run.config.dcor_batch_size, os.path.join(log_dir, "leakage"))
+
+    def __call__(self, epoch: int, train_logs: dict, validation_logs: dict, steps: int, seconds: float) -> None:
+        for name, logs in (("train", train_logs), ("validation", validation_logs)):
+            if name in self.writers:
+                with self.writers[name].as_default():
+                    for key, value in logs.items():
+                        tf.summary.scalar(f"epoch_{key}", value, step=epoch)
+                self.writers[name].flush()
+        logs = {**train_logs, **{f"val_{key}": value for key, value in validation_logs.items()}}
+        if self.leakage is not None:
+            self.leakage.on_epoch_end(epoch, logs)
+        if self.run.config.verbose:
+            print(loop.progress_line(steps, seconds, logs), flush=True)
 
 
 def test_images(run: Run, limit: int | None = None) -> np.ndarray:
@@ -110,17 +131,72 @@ def test_images(run: Run, limit: int | None = None) -> np.ndarray:
     return np.concatenate([images.numpy() for images, _ in batches])
 
 
-def evaluate(run: Run, split: models.SplitModel, test_ds) -> dict:
+def alpha_setter(config: TrainConfig, split: models.SplitModel, steps: int):
+    """``set(epoch, step)``: puts the alpha warm-up's share of alpha in force (None without a warm-up)."""
+    if not (config.alpha_warmup_epochs or config.alpha_ramp_epochs):
+        return None
+    schedule = models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs)
+    variable = split.full.get_layer(models.NOPEEK_NAME).alpha_scale
+    current = [None]
+
+    def set_scale(epoch: int, step: int) -> None:
+        scale = schedule.scale_at(epoch + step / steps)
+        if scale != current[0]:
+            variable.assign(scale)
+            current[0] = scale
+
+    return set_scale
+
+
+def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer) -> tuple[int, float]:
+    """Trains (resuming after the last checkpointed epoch) up to ``config.epochs``.
+
+    Returns:
+      (epochs run in this call, their seconds).
+    """
+    config = run.config
+    train_data = trainer.distribute(run.raw.train, config.batch_size, config.seed, config.image_size)
+    test_ds = data.make_pipeline(run.raw.test, config.batch_size, False, config.seed, config.image_size)
+    steps = trainer.steps_per_epoch(run.raw.info.num_train, config.batch_size)
+    checkpoints = loop.Checkpoints(os.path.join(run.model_dir, model_dir_lib.CHECKPOINT_DIR), trainer, run.chief)
+    first_epoch = checkpoints.restore()
+    loop.skip_epochs(train_data, first_epoch)
+    set_alpha = alpha_setter(config, split, steps)
+    report = EpochReporter(run, split)
+    started = time.time()
+    for epoch in range(first_epoch, config.epochs):
+        if config.verbose:
+            print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
+        epoch_started = time.time()
+
+        def before_step(step: int, epoch: int = epoch) -> None:
+            if step == 1:
+                distribute.peers_met(run.strategy)  # a first collective step has run
+            if set_alpha:
+                set_alpha(epoch, step)
+
+        train_logs = trainer.train_epoch(train_data, steps, before_step)
+        distribute.peers_met(run.strategy)
+        validation_logs = trainer.evaluate(test_ds)
+        checkpoints.save(epoch + 1)
+        report(epoch, train_logs, validation_logs, steps, time.time() - epoch_started)
+    return max(0, config.epochs - first_epoch), time.time() - started
+
+
+def evaluate(run: Run, split: models.SplitModel, trainer: loop.Trainer) -> dict:
     """Test accuracy and loss, and the mean test dCor of what the client sends."""
-    evaluation = split.full.evaluate(test_ds, return_dict=True, verbose=0)
+    test_ds = data.make_pipeline(run.raw.test, run.config.batch_size, False, run.config.seed, run.config.image_size)
+    evaluation = trainer.evaluate(test_ds)
     images = test_images(run)
     test_dcor, dcor_batch_size = mean_batch_dcor(images, split.sent_activations(images), run.config.dcor_batch_size)
-    return {"test_accuracy": float(evaluation["accuracy"]), "test_loss": float(evaluation["loss"]),
+    return {"test_accuracy": evaluation["accuracy"], "test_loss": evaluation["loss"],
             "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size}
 
 
 def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dict:
     """Trains (or resumes) a NoPeek split model, evaluates it and writes ``model_dir``.
+
+    One custom training loop (:mod:`nopeek_tf.loop`) serves every strategy.
 
     Args:
       config: the run's settings; arch and cut may be "auto".
@@ -135,23 +211,14 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
       nopeek_tf.data.DatasetError: the dataset cannot be loaded.
     """
     run = start_run(config, model_dir)
-    config = run.config
-    keras.utils.set_random_seed(config.seed)
-    distributed = run.strategy.num_replicas_in_sync > 1
-    train_ds = data.make_pipeline(run.raw.train, config.batch_size, True, config.seed, config.image_size,
-                                  drop_remainder=distributed)
-    test_ds = data.make_pipeline(run.raw.test, config.batch_size, False, config.seed, config.image_size)
-    split = build_model(run)
+    keras.utils.set_random_seed(run.config.seed)
+    split, trainer = build_model(run)
     print(describe(run, split), flush=True)
-
-    started = time.time()
-    history = split.full.fit(train_ds, validation_data=test_ds, epochs=config.epochs,
-                             callbacks=make_callbacks(run, split), shuffle=False, verbose=config.verbose)
-    train_seconds = time.time() - started
-
+    epochs_run, seconds = fit(run, split, trainer)
+    distribute.peers_met(run.strategy)
     metrics = {
-        **config.to_json(),
-        **evaluate(run, split, test_ds),
+        **run.config.to_json(),
+        **evaluate(run, split, trainer),
         "activation_shape": list(split.activation_shape),
         "input_shape": list(run.input_shape),
         "num_classes": run.raw.info.num_classes,
@@ -159,8 +226,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         "data_source": run.raw.info.source,
         "replicas": run.strategy.num_replicas_in_sync,
         "written_by": distribute.task_name(run.strategy),
-        "epochs_run_now": len(history.history.get("loss", [])),
-        "train_seconds_now": round(train_seconds, 2),
+        "epochs_run_now": epochs_run,
+        "train_seconds_now": round(seconds, 2),
     }
     if run.chief:
         model_dir_lib.save_model(run.model_dir, split.full, metrics)

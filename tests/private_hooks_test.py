@@ -9,12 +9,11 @@ import keras
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from nopeek_tf import distribute, models
+from nopeek_tf import models
 
 HOOKS = [
     (keras.layers.Layer, "_get_own_losses", "models.NoPeekLayer: counts each replica's own dCor loss"),
     (keras.layers.Layer, "_clear_losses", "models.NoPeekLayer: forgets the losses of its own replica thread"),
-    (keras.callbacks.BackupAndRestore, "_save_model", "distribute.ChiefBackupAndRestore: only the chief saves"),
     (Interpreter, "_get_ops_details", "litert.LiteRTModel.op_names: export refuses Flex ops"),
 ]
 
@@ -28,4 +27,3 @@ def test_private_hook_exists(owner, hook, used_by):
 
 def test_the_overrides_are_the_ones_named():
     assert "_get_own_losses" in vars(models.NoPeekLayer) and "_clear_losses" in vars(models.NoPeekLayer)
-    assert "_save_model" in vars(distribute.ChiefBackupAndRestore)

@@ -43,7 +43,7 @@ def test_train_and_evaluate_writes_everything_and_resumes(tmp_path):
 
     for split in ("train", "validation"):
         assert {"epoch_loss", "epoch_accuracy", "epoch_dcor"} <= _scalar_tags(os.path.join(model_dir, "logs", split))
-    assert os.path.exists(os.path.join(model_dir, "checkpoints", "latest.weights.h5"))
+    assert json.load(open(os.path.join(model_dir, "checkpoints", "epoch.json"))) == {"epoch": 1}
 
     loaded = keras.models.load_model(os.path.join(model_dir, "model.keras"))
     halves = models.split_halves(loaded)
@@ -121,7 +121,7 @@ def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
     model_dir = tmp_path / "run"
     args = ["--dataset=orl_faces", "--image_size=28x23", "--batch_size=4", "--epochs=8",
             "--alpha=1", f"--model_dir={model_dir}"]
-    metadata = model_dir / "checkpoints" / "training_metadata.json"
+    metadata = model_dir / "checkpoints" / "epoch.json"
     process = _run_cli(args)
     deadline = time.time() + 240
     while not metadata.exists() and process.poll() is None and time.time() < deadline:

@@ -1,0 +1,246 @@
+"""One training loop for every tf.distribute strategy: the custom step behind ``train_and_evaluate``.
+
+The same code runs on one device, under ``MirroredStrategy`` (several local
+devices) and under ``MultiWorkerMirroredStrategy`` (several machines), which
+Keras 3's ``fit`` cannot (keras-team/keras#20585). Each replica runs
+
+    loss = mean cross-entropy over the global batch + (NoPeek losses of the model) / replicas
+
+and the optimizer (built under the strategy) sums the replicas' gradients. The
+NoPeek loss is the model's own ``add_loss`` term (:class:`nopeek_tf.models.NoPeekLayer`),
+read from ``model.losses``: it is written once. The layer computes dCor over the
+global batch (it gathers every replica's images and activations); the gather's
+gradient sums the replicas' upstream gradients, which is why each replica adds
+only ``1 / replicas`` of it. The first step then equals the single-device step
+on the same global batch (tests/distribute_test.py).
+
+Data: every worker builds the same shuffled stream (same seed) and takes its
+shard of it (``distribute_datasets_from_function``); each step's global batch is
+the same set of images as the single-device batch. Checkpoints: every worker
+saves (saving runs collectives), the chief into the model dir, the others into a
+temporary folder; all restore from the model dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from nopeek_tf import data, files, models
+
+CHECKPOINT_STATE = "epoch.json"  # in the checkpoint folder: the last finished epoch (for people and tests)
+
+
+@dataclasses.dataclass
+class EpochLogs:
+    """Sums over one pass, reduced over every replica; ``as_dict`` gives the means Keras would log."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    dcor_sum: float = 0.0
+    dcor_weight: float = 0.0
+    steps: int = 0
+
+    def add(self, values: dict) -> None:
+        self.loss_sum += float(values["loss"]) * float(values["count"])
+        self.correct += float(values["correct"])
+        self.count += float(values["count"])
+        self.dcor_sum += float(values["dcor"])
+        self.dcor_weight += float(values["dcor_weight"])
+        self.steps += 1
+
+    def as_dict(self) -> dict[str, float]:
+        return {"loss": self.loss_sum / max(self.count, 1.0), "accuracy": self.correct / max(self.count, 1.0),
+                "dcor": self.dcor_sum / max(self.dcor_weight, 1.0)}
+
+
+class Trainer:
+    """Trains a split model's full model with a custom step under any strategy.
+
+    Args:
+      split: the split model, built under ``strategy.scope()``.
+      strategy: the tf.distribute strategy (the default strategy for one device).
+      learning_rate: Adam's learning rate.
+      mixed_precision: wrap the optimizer in a loss-scale optimizer (mixed_float16).
+      optimizer: another optimizer class than Adam (e.g. ``keras.optimizers.SGD``), called with the learning rate.
+    """
+
+    def __init__(self, split: models.SplitModel, strategy: tf.distribute.Strategy, learning_rate: float,
+                 mixed_precision: bool = False, optimizer=None):
+        self.split = split
+        self.model = split.full
+        self.strategy = strategy
+        self.nopeek = split.full.get_layer(models.NOPEEK_NAME)
+        with strategy.scope():
+            optimizer = (optimizer or keras.optimizers.Adam)(learning_rate)
+            if mixed_precision:
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(self.model.trainable_variables)
+        self.optimizer = optimizer
+        self._cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        self._train_step = tf.function(self._distributed_step)
+        self._evaluate_step = tf.function(self._local_evaluate_step)
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    # --- Data -------------------------------------------------------------------------------
+
+    def distribute(self, raw: tf.data.Dataset, batch_size: int, seed: int, image_size=None):
+        """The shuffled training stream, each worker's shard of it, batched per replica.
+
+        With several replicas the last incomplete batch is dropped (every replica
+        must get a batch in every step).
+        """
+        distributed = self.replicas > 1
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            shard = (context.num_input_pipelines, context.input_pipeline_id) if context.num_input_pipelines > 1 else None
+            return data.make_pipeline(raw, context.get_per_replica_batch_size(batch_size), True, seed, image_size,
+                                      drop_remainder=distributed, shard=shard)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def steps_per_epoch(self, examples: int, batch_size: int) -> int:
+        """Steps of one epoch: every batch on one replica; only full global batches with several."""
+        return examples // batch_size if self.replicas > 1 else math.ceil(examples / batch_size)
+
+    # --- Steps ------------------------------------------------------------------------------
+
+    def _replica_step(self, images, labels):
+        # Tensors from a distributed iterator have no device under MultiWorkerMirroredStrategy,
+        # and the NoPeek layer's all_gather refuses them; tf.identity places them.
+        images, labels = tf.identity(images), tf.identity(labels)
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        local_batch = tf.shape(images)[0]
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            task = tf.nn.compute_average_loss(self._cross_entropy(labels, logits),
+                                              global_batch_size=local_batch * replicas)
+            penalties = self.model.losses
+            penalty = tf.add_n(penalties) if penalties else tf.zeros([], tf.float32)
+            loss = task + tf.cast(penalty, task.dtype) / replicas
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        dcor, dcor_weight = self.nopeek.last_dcor()
+        return {"loss": loss, "correct": self._correct(logits, labels),
+                "count": tf.cast(local_batch, tf.float32), "dcor": dcor / replicas,
+                "dcor_weight": dcor_weight / replicas}
+
+    @staticmethod
+    def _correct(logits, labels):
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int64)
+        return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int64)), tf.float32))
+
+    def _distributed_step(self, iterator):
+        per_replica = self.strategy.run(self._replica_step, args=next(iterator))
+        return {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for key, value in per_replica.items()}
+
+    def train_step(self, iterator) -> dict:
+        """One step on the next global batch of a distributed iterator; the logs reduced over replicas.
+
+        ``loss`` is the global batch's mean cross-entropy plus the NoPeek term,
+        ``count`` its size, ``correct`` the right predictions, ``dcor`` its dCor.
+        """
+        return self._train_step(iterator)
+
+    def _local_evaluate_step(self, images, labels):
+        logits = self.model(images, training=False)
+        dcor, dcor_weight = self.nopeek.last_dcor()
+        count = tf.cast(tf.shape(images)[0], tf.float32)
+        return {"loss": tf.reduce_mean(self._cross_entropy(labels, logits)), "correct": self._correct(logits, labels),
+                "count": count, "dcor": dcor, "dcor_weight": dcor_weight}
+
+    def evaluate(self, dataset: tf.data.Dataset) -> dict[str, float]:
+        """Loss (cross-entropy), accuracy and mean batch dCor on a batched dataset, on this worker alone.
+
+        Every worker holds the same weights, so no collective is needed: the
+        chief's figures are everyone's.
+        """
+        logs = EpochLogs()
+        for images, labels in dataset:
+            logs.add(self._evaluate_step(images, labels))
+        return logs.as_dict()
+
+    # --- Epochs -------------------------------------------------------------------------------
+
+    def train_epoch(self, distributed_dataset, steps: int, before_step=None) -> dict[str, float]:
+        """Runs ``steps`` steps on a fresh iterator of ``distributed_dataset``; returns the epoch's means.
+
+        ``before_step(step)`` runs in Python before each step (the alpha schedule).
+        """
+        logs = EpochLogs()
+        iterator = iter(distributed_dataset)
+        for step in range(steps):
+            if before_step is not None:
+                before_step(step)
+            logs.add(self.train_step(iterator))
+        return logs.as_dict()
+
+
+class Checkpoints:
+    """The model's and optimizer's state after every epoch, saved by every worker, kept by the chief.
+
+    Args:
+      directory: the model dir's checkpoint folder (shared, or the chief's).
+      trainer: what to save.
+      writer: True on the chief; the other workers save into a temporary folder
+        (saving runs collectives that every worker must join) and delete it.
+    """
+
+    def __init__(self, directory: str, trainer: Trainer, writer: bool):
+        self.directory = directory
+        self.writer = writer
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        # The model's non-trainable variables are listed too: the random-seed states of its dropout layers
+        # are not reached through the model object, and a resumed run must draw the same dropout masks.
+        self.checkpoint = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, epoch=self.epoch,
+                                              states=list(trainer.model.non_trainable_variables))
+
+    def restore(self) -> int:
+        """Restores the last saved epoch's state if there is one; returns the number of finished epochs."""
+        latest = tf.train.latest_checkpoint(self.directory) if os.path.isdir(self.directory) else None
+        if latest is None:
+            return 0
+        self.checkpoint.restore(latest).expect_partial()
+        return int(self.epoch.numpy())
+
+    def save(self, finished_epochs: int) -> None:
+        """Saves the state after ``finished_epochs`` epochs (the chief keeps only the latest)."""
+        self.epoch.assign(finished_epochs)
+        folder = self.directory if self.writer else tempfile.mkdtemp(prefix="nopeek-worker-checkpoint-")
+        try:
+            manager = tf.train.CheckpointManager(self.checkpoint, folder, max_to_keep=1)
+            manager.save(checkpoint_number=finished_epochs)
+            if self.writer:
+                files.write_json(os.path.join(folder, CHECKPOINT_STATE), {"epoch": finished_epochs})
+        finally:
+            if not self.writer:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def progress_line(steps: int, seconds: float, logs: dict[str, float]) -> str:
+    """The Keras-style line printed after an epoch: ``12/12 - 3s - 250ms/step - accuracy: ... - loss: ...``."""
+    values = " - ".join(f"{name}: {value:.4f}" for name, value in sorted(logs.items()))
+    return f"{steps}/{steps} - {seconds:.0f}s - {1000 * seconds / max(steps, 1):.0f}ms/step - {values}"
+
+
+def skip_epochs(distributed_dataset, epochs: int) -> None:
+    """Advances the shuffle of ``distributed_dataset`` past ``epochs`` epochs (each new iterator reshuffles).
+
+    A resumed run then sees the same batches in each epoch as an uninterrupted one.
+    """
+    for _ in range(epochs):
+        iter(distributed_dataset)
+
