@@ -17,7 +17,8 @@ With TensorFlow:
 * ``nopeek_tf.dcor``: exact, differentiable distance correlation; mean dCor over batches.
 * ``nopeek_tf.models``: the NoPeek Keras layer, the noise baseline, the alpha schedule, split models.
 * ``nopeek_tf.data``: offline-first ``tf.data`` pipelines.
-* ``nopeek_tf.distribute``: the tf.distribute strategy of a config; which task writes files.
+* ``nopeek_tf.distribute``: the tf.distribute strategy of a config; which task writes files; the peer watchdog.
+* ``nopeek_tf.loop``: the one training loop (custom step, checkpoints) for every strategy.
 * ``nopeek_tf.training``: ``train_and_evaluate(config, model_dir)``.
 * ``nopeek_tf.attacks``: the reconstruction attacks, ``run_attacks(AttackInput, AttackBudget)``.
 * ``nopeek_tf.evaluation``: the leakage evaluation of a model dir (leakage.json and its pictures).

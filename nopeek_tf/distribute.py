@@ -20,13 +20,12 @@ def split_cpu(count: int) -> None:
     same count is a no-op.
     """
     (cpu,) = tf.config.list_physical_devices("CPU")
-    if len(tf.config.list_logical_devices("CPU")) == count:
-        return
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
-    except RuntimeError:
-        raise ConfigError("--cpu_devices must take effect before TensorFlow starts; it cannot change "
-                          "in a running process") from None
+    except RuntimeError:  # TensorFlow has started: fine if it already has that many
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise ConfigError("--cpu_devices must take effect before TensorFlow starts; it cannot change "
+                              "in a running process") from None
 
 
 def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
@@ -127,3 +126,16 @@ def weights_fingerprint(model: keras.Model) -> str:
     for weight in model.get_weights():
         digest.update(weight.tobytes())
     return digest.hexdigest()[:16]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports that were free on 127.0.0.1 a moment ago (for workers and servers on loopback)."""
+    import socket
+
+    probes = [socket.socket() for _ in range(count)]
+    for probe in probes:
+        probe.bind(("127.0.0.1", 0))
+    ports = [probe.getsockname()[1] for probe in probes]
+    for probe in probes:
+        probe.close()
+    return ports

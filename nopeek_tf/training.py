@@ -1,8 +1,9 @@
 """Training a NoPeek split model end to end: ``train_and_evaluate(config, model_dir)``.
 
 ``python -m train.train`` parses its flags into a :class:`nopeek_tf.config.TrainConfig`
-and calls :func:`train_and_evaluate`; tests and the sweep call it directly.
-Writes to the model dir: config.json (the settings; a run started again with the
+and calls :func:`train_and_evaluate`; tests and the sweep call it directly. It
+trains through :mod:`nopeek_tf.loop` under any strategy. Writes to the model
+dir (the chief only): config.json (the settings; a run started again with the
 same settings resumes after the last finished epoch), checkpoints/, logs/
 (TensorBoard: loss, accuracy, dcor), model.keras and metrics.json.
 """

@@ -15,7 +15,7 @@ from nopeek_tf import config as config_lib
 from nopeek_tf import models, training
 from nopeek_tf.dcor import distance_correlation
 from tests.conftest import REPO_ROOT
-from tests.local_server import free_ports
+from nopeek_tf.distribute import free_ports
 
 STEP_SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed_step.py")
 
@@ -187,3 +187,12 @@ def test_multi_worker_needs_tf_config(tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(config_lib.ConfigError, match="needs the TF_CONFIG"):
         training.train_and_evaluate(config_lib.TrainConfig(strategy="multi_worker"), str(tmp_path / "run"))
+
+
+def test_cpu_devices_flag_splits_the_cpu_from_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "train.train", "--strategy=mirrored", "--cpu_devices=2",
+                             "--dataset=orl_faces", "--image_size=28x23", "--epochs=1", "--batch_size=8",
+                             f"--model_dir={tmp_path / 'run'}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["replicas"] == 2

@@ -24,7 +24,8 @@ from edge.transport import EdgeError, TlsFiles
 from nopeek_tf import data, models
 from nopeek_tf.litert import ClientRunner
 from tests.conftest import REPO_ROOT
-from tests.local_server import LocalServer, free_ports
+from nopeek_tf.distribute import free_ports
+from tests.local_server import LocalServer
 
 MODEL = "nopeek_orl_faces"
 ORL = data.orl_faces_dir()

@@ -1,21 +1,11 @@
 """Runs the local TF Serving-protocol server in a background thread on free loopback ports (tests)."""
 
 import asyncio
-import socket
 import threading
 
+from nopeek_tf.distribute import free_ports
 from serving import server
 from serving.servables import ModelManager
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 class LocalServer:

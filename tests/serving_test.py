@@ -190,7 +190,7 @@ def test_cli_serves_the_models_config(exported, tmp_path):
     config = tmp_path / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "{MODEL}" '
                       f'base_path: "{os.path.join(export_dir, "serving", MODEL)}" model_platform: "tensorflow" }} }}')
-    from tests.local_server import free_ports
+    from nopeek_tf.distribute import free_ports
     rest_port, grpc_port = free_ports(2)
     process = subprocess.Popen([sys.executable, "-m", "serving.server", f"--model_config_file={config}",
                                 f"--rest_api_port={rest_port}", f"--port={grpc_port}"], cwd=REPO_ROOT,
