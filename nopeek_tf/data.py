@@ -274,6 +274,18 @@ def make_pipeline(
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
+def to_arrays(raw: tf.data.Dataset, image_size: Sequence[int] | None = None,
+              limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The (first ``limit``) examples of a raw split as the model sees them: float images in [0, 1], labels."""
+    if limit is not None:
+        raw = raw.take(limit)
+    images, labels = [], []
+    for x, y in make_pipeline(raw, 500, False, 0, image_size):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
 def make_datasets(
     name: str,
     batch_size: int,

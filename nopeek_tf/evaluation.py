@@ -40,19 +40,12 @@ class AttackData:
     test_labels: np.ndarray
 
 
-def _arrays(dataset, image_size, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
-    for x, y in data.make_pipeline(dataset.take(limit), 500, False, 0, image_size):
-        images.append(x.numpy())
-        labels.append(y.numpy())
-    return np.concatenate(images), np.concatenate(labels)
-
-
 def load_attack_data(dataset: str, data_dir: str | None, image_size, train_images: int,
                      test_images: int) -> AttackData:
     """The first ``train_images`` training and ``test_images`` test images of a dataset, as float arrays."""
     raw = data.load(dataset, data_dir)
-    return AttackData(*_arrays(raw.train, image_size, train_images), *_arrays(raw.test, image_size, test_images))
+    return AttackData(*data.to_arrays(raw.train, image_size, train_images),
+                      *data.to_arrays(raw.test, image_size, test_images))
 
 
 def train_recognizer(metrics: dict, images: np.ndarray, labels: np.ndarray, epochs: int) -> keras.Model:

@@ -127,9 +127,7 @@ class EpochReporter:
 
 def test_images(run: Run, limit: int | None = None) -> np.ndarray:
     """The (first ``limit``) test images as the model sees them, float [0, 1]."""
-    split = run.raw.test if limit is None else run.raw.test.take(limit)
-    batches = data.make_pipeline(split, 1000, False, 0, run.config.image_size)
-    return np.concatenate([images.numpy() for images, _ in batches])
+    return data.to_arrays(run.raw.test, run.config.image_size, limit)[0]
 
 
 def alpha_setter(config: TrainConfig, split: models.SplitModel, steps: int):

@@ -116,12 +116,18 @@ def _model_and_batch(batch_size: int, alpha: float, strategy=None):
 
 
 def loop_step_seconds(batch_size: int, alpha: float, repeats: int, strategy=None) -> float:
-    """Median step time of the training loop (nopeek_tf.loop.Trainer) on one repeated global batch."""
-    from nopeek_tf import loop
+    """Median step time of the training loop (nopeek_tf.loop.Trainer) on one repeated global batch.
 
+    The batches come from the same cached pipeline as :func:`fit_step_seconds`'s,
+    split over the replicas by the strategy.
+    """
+    from nopeek_tf import data, loop
+
+    strategy = strategy or _default_strategy()
     split, dataset = _model_and_batch(batch_size, alpha, strategy)
-    trainer = loop.Trainer(split, strategy or _default_strategy(), 1e-3)
-    iterator = iter(trainer.distribute(dataset.repeat(), batch_size, seed=0))
+    trainer = loop.Trainer(split, strategy, 1e-3)
+    batches = data.make_pipeline(dataset, batch_size, True, 0, drop_remainder=True).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(batches))
     return median_seconds(lambda: trainer.train_step(iterator)["loss"].numpy(), repeats)
 
 
@@ -141,9 +147,9 @@ def fit_step_seconds(batch_size: int, alpha: float, repeats: int) -> float:
     split.full.compile(optimizer=keras.optimizers.Adam(1e-3),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     batches = data.make_pipeline(dataset, batch_size, True, 0).repeat()
-    steps = 5
+    steps = 10
     run = lambda: split.full.fit(batches, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)  # noqa: E731
-    return median_seconds(run, max(1, repeats // steps), warmup=1) / steps
+    return median_seconds(run, max(3, repeats // steps), warmup=1) / steps
 
 
 def benchmark_steps(batch_sizes, repeats: int) -> list[dict]:
@@ -243,7 +249,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("z_features", 6272, "Activation features.")
     flags.DEFINE_integer("repeats", 50, "Timed runs of each dCor measurement.")
     flags.DEFINE_multi_integer("batch_sizes", [64, 256, 1024], "Batch sizes of the step benchmark.")
-    flags.DEFINE_integer("step_repeats", 10, "Timed training steps per configuration.")
+    flags.DEFINE_integer("step_repeats", 30, "Timed training steps per configuration.")
     flags.DEFINE_bool("strategies", False, "Measure the loop's examples/s under each strategy instead.")
     flags.DEFINE_integer("global_batch", 256, "Global batch of --strategies.")
     flags.DEFINE_enum("measure", None, ["default", "mirrored", "multi_worker"], "Internal: measure one strategy "
