@@ -231,8 +231,11 @@ def privacy_card(model_dir: str) -> dict | None:
         return None
     with open(path) as f:
         leakage = json.load(f)
-    return {key: leakage[key] for key in ("worst_attack", "worst_ssim", "worst_psnr", "test_dcor",
-                                          "dcor_batch_size", "client")}
+    card = {key: leakage.get(key) for key in ("worst_attack", "worst_ssim", "worst_psnr", "floor_ssim",
+                                              "excess_ssim", "test_dcor", "dcor_batch_size", "client")}
+    card["budget"] = {"train_images": leakage.get("train_images"), "test_images": leakage.get("test_images"),
+                      **{attack["attack"]: attack["budget"] for attack in leakage.get("attacks", [])}}
+    return card
 
 
 def _prepare_export_dir(export_dir: str) -> str:

@@ -10,6 +10,14 @@ manner of tensorflow/privacy's membership-inference attacks). The attacks:
   any data of the same kind (here: the training split, never the scored
   images), train a decoder on as many pairs as it likes, and reconstruct the
   scored test images from their activations.
+* ``public_client_residual``: the same with a second, deeper and wider decoder
+  family (residual blocks): a defence tuned against one decoder must hold
+  against another.
+* ``label_aware``: the server sees the predicted class with every request, so
+  this decoder gets the activations *and* the class (the attacker's own images'
+  true classes to train; the classes the server predicts for the victims). It
+  can always fall back on the class mean, so it scores at least about the
+  ``label_only`` reference below.
 * ``inversion``: with the client's weights, the attacker searches for the image
   whose activations match the observed ones (gradient descent on the input with
   a total-variation prior).
@@ -17,7 +25,9 @@ manner of tensorflow/privacy's membership-inference attacks). The attacks:
 Every attack is scored on the same held-out test images: MSE, PSNR, SSIM
 (``tf.image.ssim``, max_val 1), and whether a classifier trained on raw images
 still recognises the reconstructions. The leakage figure of a client is the
-worst case: the highest SSIM over the attacks.
+worst case: the highest SSIM over the attacks; its headline is the *excess*
+over the label-only floor, the leakage a defence that keeps the accuracy can
+still remove. Each result states its budget: pairs, decoder epochs run, seconds.
 
 With the attacker's labels, the report also holds a reference that is not an
 attack: ``label_only``, each scored image replaced by the mean of the
@@ -29,6 +39,7 @@ cannot push the attacks much below this reference.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Sequence
 
 import keras
@@ -38,7 +49,8 @@ import tensorflow as tf
 from nopeek_tf.config import AttackBudget  # noqa: F401  (the attacks' budget; defined with its flags)
 from nopeek_tf.dcor import mean_batch_dcor
 
-ATTACKS = ("leaked_pairs", "public_client", "inversion")
+ATTACKS = ("leaked_pairs", "public_client", "public_client_residual", "label_aware", "inversion")
+DECODER_FAMILIES = ("upsampling", "residual")
 
 
 @dataclasses.dataclass
@@ -59,7 +71,10 @@ class AttackInput:
         None. Not the attacked model: it would recognise an inversion from the
         very activations the inversion matched.
       train_labels: the auxiliary images' classes, for the ``label_only``
-        reference; None leaves it out.
+        reference and the ``label_aware`` attack; None leaves both out.
+      test_predicted: the classes the server answers for the victims' activations
+        (what a label-aware attacker sees); None gives the ``label_aware`` attack
+        the true classes instead (the report says which).
     """
 
     client: Callable[[np.ndarray], np.ndarray]
@@ -69,6 +84,7 @@ class AttackInput:
     test_labels: np.ndarray
     recognizer: keras.Model | None = None
     train_labels: np.ndarray | None = None
+    test_predicted: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -82,6 +98,9 @@ class AttackResult:
     recognized_accuracy: float | None
     scored_images: int
     budget: str
+    pairs: int | None = None  # (image, activation) pairs the attack trained on
+    epochs: int | None = None  # decoder epochs actually run (early stopping)
+    seconds: float = 0.0  # wall time of the attack
     reconstructions: np.ndarray = dataclasses.field(repr=False, default=None)
 
     def to_json(self) -> dict:
@@ -103,9 +122,20 @@ class LeakageReport:
         """The attack with the highest SSIM: the client leaks at least this much."""
         return max(self.results, key=lambda result: result.ssim)
 
+    @property
+    def floor_ssim(self) -> float | None:
+        """The label-only reference's SSIM: what an accurate classifier leaks by its answer alone."""
+        return self.label_only.ssim if self.label_only else None
+
+    @property
+    def excess_ssim(self) -> float | None:
+        """The worst case above the floor: the leakage a defence can still remove (the headline figure)."""
+        return None if self.label_only is None else self.worst.ssim - self.label_only.ssim
+
     def to_json(self) -> dict:
         return {"worst_attack": self.worst.attack, "worst_ssim": self.worst.ssim,
-                "worst_psnr": self.worst.psnr, "attacks": [r.to_json() for r in self.results],
+                "worst_psnr": self.worst.psnr, "floor_ssim": self.floor_ssim, "excess_ssim": self.excess_ssim,
+                "attacks": [r.to_json() for r in self.results],
                 "label_only": self.label_only.to_json() if self.label_only else None}
 
 
@@ -120,46 +150,99 @@ def image_metrics(originals: np.ndarray, reconstructions: np.ndarray) -> tuple[f
     return float(tf.reduce_mean(mse)), float(tf.reduce_mean(tf.minimum(psnr, 100.0))), float(tf.reduce_mean(ssim))
 
 
-def build_decoder(activation_shape: Sequence[int], image_shape: Sequence[int], width: int = 64) -> keras.Model:
-    """A convolutional upsampling decoder: activations -> image in [0, 1]."""
-    activations = keras.Input(tuple(activation_shape))
-    height, image_width, channels = image_shape
-    if len(activation_shape) == 3:
+def _decoder_start(activations, image_shape, width: int, class_mean=None):
+    """The decoder's first feature map: the activations (conv, or dense reshaped to a quarter-size map),
+    with the class-mean image, resized to the map, appended as a channel when given."""
+    height, image_width, _ = image_shape
+    if len(activations.shape) == 4:
         x = keras.layers.Conv2D(2 * width, 3, padding="same", activation="relu")(activations)
     else:
         start = (max(1, height // 4), max(1, image_width // 4))
         x = keras.layers.Dense(start[0] * start[1] * 2 * width, activation="relu")(
             keras.layers.Flatten()(activations))
         x = keras.layers.Reshape((*start, 2 * width))(x)
-    x = keras.layers.Conv2D(2 * width, 3, padding="same", activation="relu")(x)
-    while x.shape[1] < height or x.shape[2] < image_width:
-        x = keras.layers.UpSampling2D(2)(x)
+    if class_mean is not None:
+        x = keras.layers.Concatenate()([x, keras.layers.Resizing(x.shape[1], x.shape[2])(class_mean)])
+    return x
+
+
+def _residual_block(x, width: int):
+    y = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+    y = keras.layers.Conv2D(width, 3, padding="same")(y)
+    if x.shape[-1] != width:
+        x = keras.layers.Conv2D(width, 1)(x)
+    return keras.layers.ReLU()(keras.layers.Add()([x, y]))
+
+
+def build_decoder(activation_shape: Sequence[int], image_shape: Sequence[int], width: int = 64,
+                  family: str = "upsampling", label_aware: bool = False) -> keras.Model:
+    """A decoder: activations -> image in [0, 1].
+
+    Families: ``upsampling`` (convolutions and 2x upsampling) and ``residual``
+    (twice as wide, two residual blocks at every scale): two architectures, so
+    that a defence tuned against one decoder is still judged by another.
+
+    ``label_aware``: a second input, the mean image of the predicted class (the
+    attacker's own images of that class), enters the first feature map, and the
+    decoder outputs that mean plus a learnt correction that starts at zero: before
+    any training it is the label-only reference, and training lowers its error.
+    """
+    if family not in DECODER_FAMILIES:
+        raise ValueError(f"unknown decoder family {family!r}; choose from {', '.join(DECODER_FAMILIES)}")
+    activations = keras.Input(tuple(activation_shape))
+    class_mean = keras.Input(tuple(image_shape)) if label_aware else None
+    height, image_width, channels = image_shape
+    x = _decoder_start(activations, image_shape, width, class_mean)
+    if family == "upsampling":
+        x = keras.layers.Conv2D(2 * width, 3, padding="same", activation="relu")(x)
+        while x.shape[1] < height or x.shape[2] < image_width:
+            x = keras.layers.UpSampling2D(2)(x)
+            x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Resizing(height, image_width)(x)
         x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
-    x = keras.layers.Resizing(height, image_width)(x)
-    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
-    return keras.Model(activations, keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid")(x))
+    else:
+        x = _residual_block(_residual_block(x, 2 * width), 2 * width)
+        while x.shape[1] < height or x.shape[2] < image_width:
+            x = keras.layers.UpSampling2D(2)(x)
+            x = _residual_block(_residual_block(x, width), width)
+        x = keras.layers.Resizing(height, image_width)(x)
+        x = _residual_block(x, width)
+    if class_mean is None:
+        return keras.Model(activations, keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid")(x))
+    correction = keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros")(x)
+    image = keras.layers.ReLU(max_value=1.0)(keras.layers.Add()([class_mean, correction]))
+    return keras.Model([activations, class_mean], image)
 
 
-def train_decoder(activations: np.ndarray, images: np.ndarray, budget: AttackBudget, seed: int) -> keras.Model:
-    """Trains a decoder from activations to images with MSE, to convergence within the budget.
+def train_decoder(activations: np.ndarray, images: np.ndarray, budget: AttackBudget, seed: int,
+                  family: str = "upsampling", class_means: np.ndarray | None = None) -> tuple[keras.Model, int]:
+    """Trains a decoder from activations (and, label-aware, class-mean images) to images with MSE.
 
     A tenth of the pairs is held out to tell convergence: the learning rate
     halves when their loss stalls for 3 epochs, training stops after 6, and
     the best weights are kept.
+
+    Returns:
+      (the decoder, the epochs it ran).
     """
     keras.utils.set_random_seed(seed)
-    decoder = build_decoder(activations.shape[1:], images.shape[1:], budget.decoder_width)
+    decoder = build_decoder(activations.shape[1:], images.shape[1:], budget.decoder_width, family,
+                            label_aware=class_means is not None)
     decoder.compile(optimizer=keras.optimizers.Adam(budget.decoder_learning_rate), loss="mse")
     order = np.random.default_rng(seed).permutation(len(images))
     held_out = order[:len(images) // 10] if len(images) >= 50 else order[:0]
     fitted = order[len(held_out):]
     watched = "val_loss" if len(held_out) else "loss"
-    decoder.fit(activations[fitted], images[fitted], batch_size=budget.decoder_batch_size,
-                epochs=budget.decoder_epochs, shuffle=True, verbose=0,
-                validation_data=(activations[held_out], images[held_out]) if len(held_out) else None,
-                callbacks=[keras.callbacks.ReduceLROnPlateau(watched, factor=0.5, patience=3, min_lr=1e-5),
-                           keras.callbacks.EarlyStopping(watched, patience=6, restore_best_weights=True)])
-    return decoder
+
+    def pick(rows):
+        return activations[rows] if class_means is None else [activations[rows], class_means[rows]]
+
+    history = decoder.fit(
+        pick(fitted), images[fitted], batch_size=budget.decoder_batch_size, epochs=budget.decoder_epochs,
+        shuffle=True, verbose=0, validation_data=(pick(held_out), images[held_out]) if len(held_out) else None,
+        callbacks=[keras.callbacks.ReduceLROnPlateau(watched, factor=0.5, patience=3, min_lr=1e-5),
+                   keras.callbacks.EarlyStopping(watched, patience=6, restore_best_weights=True)])
+    return decoder, len(history.history["loss"])
 
 
 def class_means(images: np.ndarray, labels: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -232,37 +315,59 @@ def run_attacks(data: AttackInput, budget: AttackBudget | None = None, attacks: 
         raise ValueError(f"leaked_fraction {budget.leaked_fraction} leaves no leaked or no scored test images")
     test_activations = data.client(data.test_images)
     originals = data.test_images[scored]
-    decoder_budget = (f"decoder: up to {budget.decoder_epochs} epochs (early stop on 10% held out), "
+    decoder_budget = (f"decoder up to {budget.decoder_epochs} epochs (early stop on 10% held out), "
                       f"batch {budget.decoder_batch_size}, Adam {budget.decoder_learning_rate:g}, "
                       f"width {budget.decoder_width}")
     results = []
 
-    def score(name: str, reconstructions: np.ndarray, indices: np.ndarray, budget_text: str) -> AttackResult:
+    def score(name: str, reconstructions: np.ndarray, indices: np.ndarray, budget_text: str, started: float,
+              pairs: int | None = None, epochs: int | None = None) -> AttackResult:
         mse, psnr, ssim = image_metrics(data.test_images[indices], reconstructions)
         result = AttackResult(name, mse, psnr, ssim,
                               _recognized(data.recognizer, reconstructions, data.test_labels[indices]),
-                              len(indices), budget_text, reconstructions)
+                              len(indices), budget_text, pairs, epochs, round(time.time() - started, 1),
+                              reconstructions)
         results.append(result)
         return result
 
+    def decode(name: str, activations: np.ndarray, images: np.ndarray, source: str, family: str = "upsampling",
+               labels=None, victims_labels=None) -> None:
+        started = time.time()
+        means = None if labels is None else class_means(images, labels, labels)
+        decoder, epochs = train_decoder(activations, images, budget, seed, family, means)
+        inputs = test_activations[scored] if labels is None else [
+            test_activations[scored], class_means(images, labels, victims_labels)]
+        score(name, decoder.predict(inputs, verbose=0), scored,
+              f"{len(images)} {source}; {family} {decoder_budget}; ran {epochs} epochs", started, len(images),
+              epochs)
+
     if "leaked_pairs" in attacks:
-        decoder = train_decoder(test_activations[leaked], data.test_images[leaked], budget, seed)
-        score("leaked_pairs", decoder.predict(test_activations[scored], verbose=0), scored,
-              f"{len(leaked)} leaked test pairs; {decoder_budget}")
+        decode("leaked_pairs", test_activations[leaked], data.test_images[leaked], "leaked test pairs")
+    public = [name for name in ("public_client", "public_client_residual", "label_aware") if name in attacks]
+    if public:
+        train_activations = data.client(data.train_images)
+        source = "pairs made with the public client"
     if "public_client" in attacks:
-        decoder = train_decoder(data.client(data.train_images), data.train_images, budget, seed)
-        score("public_client", decoder.predict(test_activations[scored], verbose=0), scored,
-              f"{len(data.train_images)} pairs made with the public client; {decoder_budget}")
+        decode("public_client", train_activations, data.train_images, source)
+    if "public_client_residual" in attacks:
+        decode("public_client_residual", train_activations, data.train_images, source, family="residual")
+    if "label_aware" in attacks and data.train_labels is not None:
+        predicted = data.test_predicted is not None
+        victims = (data.test_predicted if predicted else data.test_labels)[scored]
+        decode("label_aware", train_activations, data.train_images,
+               f"{source} with their classes; victims' classes {'as the server predicts them' if predicted else 'true'}",
+               labels=data.train_labels, victims_labels=victims)
     if "inversion" in attacks and data.client_model is not None:
+        started = time.time()
         chosen = scored[:budget.inversion_images]
         reconstructions = invert(data.client_model, test_activations[chosen], originals.shape[1:], budget)
         score("inversion", reconstructions, chosen,
               f"client weights; {budget.inversion_steps} Adam steps at {budget.inversion_learning_rate:g}, "
-              f"TV weight {budget.inversion_tv_weight:g}")
+              f"TV weight {budget.inversion_tv_weight:g}", started)
     label_only = None
     if data.train_labels is not None:
         label_only = score("label_only", class_means(data.train_images, data.train_labels, data.test_labels[scored]),
-                           scored, "not an attack: the mean of the attacker's images of the true class")
+                           scored, "not an attack: the mean of the attacker's images of the true class", time.time())
         results.remove(label_only)
     return LeakageReport(results, scored, label_only)
 

@@ -42,9 +42,9 @@ class AttackData:
 
 def load_attack_data(dataset: str, data_dir: str | None, image_size, train_images: int,
                      test_images: int) -> AttackData:
-    """The first ``train_images`` training and ``test_images`` test images of a dataset, as float arrays."""
+    """The first ``train_images`` (0: all) training and ``test_images`` test images of a dataset, as float arrays."""
     raw = data.load(dataset, data_dir)
-    return AttackData(*data.to_arrays(raw.train, image_size, train_images),
+    return AttackData(*data.to_arrays(raw.train, image_size, train_images or None),
                       *data.to_arrays(raw.test, image_size, test_images))
 
 
@@ -77,13 +77,20 @@ def tflite_client(path: str):
     return runner.from_float_images, runner.client.variant
 
 
+def predicted_classes(split, activations: np.ndarray) -> np.ndarray:
+    """The classes the server half answers for ``activations`` (what a label-aware attacker reads)."""
+    return np.concatenate([keras.ops.convert_to_numpy(split.server(activations[start:start + 256], training=False))
+                           .argmax(axis=1) for start in range(0, len(activations), 256)])
+
+
 def write_report(model_dir: str, result: dict, report: attacks.LeakageReport, test_images: np.ndarray) -> None:
     """Writes leakage.json, leakage.csv, reconstructions.png and reconstructions.npz (named by the client variant)."""
     variant = result["client"]
     files.write_json(model_dir_lib.leakage_file(model_dir, variant), result)
     files.write_csv(model_dir_lib.leakage_file(model_dir, variant, "leakage.csv"),
                     result["attacks"] + ([result["label_only"]] if result["label_only"] else []),
-                    ["attack", "ssim", "psnr", "mse", "recognized_accuracy", "scored_images", "budget"])
+                    ["attack", "ssim", "psnr", "mse", "recognized_accuracy", "scored_images", "pairs", "epochs",
+                     "seconds", "budget"])
     shown = report.scored_indices[:GRID_IMAGES]
     rows = {r.attack: r.reconstructions[:len(shown)] for r in report.results}
     plots.save_image_grid(model_dir_lib.leakage_file(model_dir, variant, "reconstructions.png"),
@@ -118,7 +125,8 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.
     report = attacks.run_attacks(attacks.AttackInput(
         client=client, client_model=split.client, train_images=attack_data.train_images,
         test_images=attack_data.test_images, test_labels=attack_data.test_labels, recognizer=recognizer,
-        train_labels=attack_data.train_labels), budget, seed=seed)
+        train_labels=attack_data.train_labels,
+        test_predicted=predicted_classes(split, client(attack_data.test_images))), budget, seed=seed)
     test_dcor, dcor_batch_size = mean_batch_dcor(attack_data.test_images, client(attack_data.test_images),
                                                  metrics["dcor_batch_size"])
     result = {**report.to_json(), "client": variant, "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size,
@@ -152,8 +160,11 @@ def result_lines(result: dict) -> list[str]:
     lines = []
     for attack in result["attacks"] + ([result["label_only"]] if result.get("label_only") else []):
         recognised = attack["recognized_accuracy"]
-        lines.append(f"  {attack['attack']:14s} SSIM {attack['ssim']:.3f}  PSNR {attack['psnr']:5.1f} dB  recognised "
-                     f"{'-' if recognised is None else format(recognised, '.3f')}  ({attack['budget']})")
-    lines.append(f"  worst case: {result['worst_attack']} SSIM {result['worst_ssim']:.3f}; test dCor "
+        lines.append(f"  {attack['attack']:22s} SSIM {attack['ssim']:.3f}  PSNR {attack['psnr']:5.1f} dB  recognised "
+                     f"{'-' if recognised is None else format(recognised, '.3f')}  {attack.get('seconds', 0):.0f} s "
+                     f"({attack['budget']})")
+    excess = "" if result.get("excess_ssim") is None else (
+        f", {result['excess_ssim']:+.3f} over the label-only floor {result['floor_ssim']:.3f}")
+    lines.append(f"  worst case: {result['worst_attack']} SSIM {result['worst_ssim']:.3f}{excess}; test dCor "
                  f"{result['test_dcor']:.3f}")
     return lines

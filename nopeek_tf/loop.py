@@ -30,11 +30,38 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from nopeek_tf import data, files, models
 
 CHECKPOINT_STATE = "epoch.json"  # in the checkpoint folder: the last finished epoch (for people and tests)
+
+
+@dataclasses.dataclass
+class Adversary:
+    """Attacker-aware training: a decoder that learns to reconstruct the images from the activations
+    during training, and a penalty on the client for how well it does.
+
+    The client's loss gains ``weight * mean(max(0, SSIM(decoder(activations), image) - threshold))``;
+    the decoder, at the same step, takes an Adam step on its MSE with the activations held fixed.
+    The score of this in-loop decoder is not the leakage: fresh decoders trained after
+    training (nopeek_tf.attacks) judge the defence.
+
+    Attributes:
+      weight: the penalty's weight.
+      threshold: the SSIM below which the client is not penalised (near the label-only floor).
+      width: the decoder's filters.
+      class_means: for a label-aware decoder, the mean training image of each class [classes, H, W, C]
+        (the decoder gets the mean of the true class); None for a decoder of the activations alone.
+      learning_rate: the decoder's Adam learning rate.
+    """
+
+    weight: float
+    threshold: float = 0.4
+    width: int = 32
+    class_means: np.ndarray | None = None
+    learning_rate: float = 1e-3
 
 
 @dataclasses.dataclass
@@ -46,9 +73,12 @@ class EpochLogs:
     count: float = 0.0
     dcor_sum: float = 0.0
     dcor_weight: float = 0.0
+    adversary_ssim_sum: float | None = None
     steps: int = 0
 
     def add(self, values: dict) -> None:
+        if "adversary_ssim" in values:
+            self.adversary_ssim_sum = (self.adversary_ssim_sum or 0.0) + float(values["adversary_ssim"])
         self.loss_sum += float(values["loss"]) * float(values["count"])
         self.correct += float(values["correct"])
         self.count += float(values["count"])
@@ -57,8 +87,11 @@ class EpochLogs:
         self.steps += 1
 
     def as_dict(self) -> dict[str, float]:
-        return {"loss": self.loss_sum / max(self.count, 1.0), "accuracy": self.correct / max(self.count, 1.0),
+        logs = {"loss": self.loss_sum / max(self.count, 1.0), "accuracy": self.correct / max(self.count, 1.0),
                 "dcor": self.dcor_sum / max(self.dcor_weight, 1.0)}
+        if self.adversary_ssim_sum is not None:
+            logs["adversary_ssim"] = self.adversary_ssim_sum / max(self.count, 1.0)
+        return logs
 
 
 class Trainer:
@@ -70,10 +103,11 @@ class Trainer:
       learning_rate: Adam's learning rate.
       mixed_precision: wrap the optimizer in a loss-scale optimizer (mixed_float16).
       optimizer: another optimizer class than Adam (e.g. ``keras.optimizers.SGD``), called with the learning rate.
+      adversary: attacker-aware training (:class:`Adversary`), or None.
     """
 
     def __init__(self, split: models.SplitModel, strategy: tf.distribute.Strategy, learning_rate: float,
-                 mixed_precision: bool = False, optimizer=None):
+                 mixed_precision: bool = False, optimizer=None, adversary: Adversary | None = None):
         self.split = split
         self.model = split.full
         self.strategy = strategy
@@ -84,9 +118,29 @@ class Trainer:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(self.model.trainable_variables)
         self.optimizer = optimizer
+        self.adversary = adversary
+        self.decoder = self.decoder_optimizer = self._class_means = None
+        if adversary is not None:
+            self._build_adversary(adversary)
         self._cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         self._train_step = tf.function(self._distributed_step)
         self._evaluate_step = tf.function(self._local_evaluate_step)
+
+    def _build_adversary(self, adversary: Adversary) -> None:
+        from nopeek_tf import attacks
+
+        previous_policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float32")  # the decoder and its SSIM stay float32 under mixed precision
+        try:
+            with self.strategy.scope():
+                self.decoder = attacks.build_decoder(self.split.activation_shape, self.model.input_shape[1:],
+                                                     adversary.width, label_aware=adversary.class_means is not None)
+                self.decoder_optimizer = keras.optimizers.Adam(adversary.learning_rate)
+                self.decoder_optimizer.build(self.decoder.trainable_variables)
+        finally:
+            keras.config.set_dtype_policy(previous_policy)
+        if adversary.class_means is not None:
+            self._class_means = tf.constant(adversary.class_means, tf.float32)
 
     @property
     def replicas(self) -> int:
@@ -121,21 +175,47 @@ class Trainer:
         images, labels = tf.identity(images), tf.identity(labels)
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         local_batch = tf.shape(images)[0]
+        global_batch = local_batch * replicas
         variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = self.model(images, training=True)
-            task = tf.nn.compute_average_loss(self._cross_entropy(labels, logits),
-                                              global_batch_size=local_batch * replicas)
+        logs = {}
+        with tf.GradientTape(persistent=self.decoder is not None) as tape:
+            if self.decoder is None:
+                logits = self.model(images, training=True)
+            else:  # the full model's graph, step by step, to reach the activations the decoder reads
+                activations = self.split.send(images, training=True)
+                logits = self.split.server(self.nopeek([images, activations], training=True), training=True)
+            task = tf.nn.compute_average_loss(self._cross_entropy(labels, logits), global_batch_size=global_batch)
             penalties = self.model.losses
             penalty = tf.add_n(penalties) if penalties else tf.zeros([], tf.float32)
             loss = task + tf.cast(penalty, task.dtype) / replicas
+            if self.decoder is not None:
+                decoder_loss, hinge, ssim = self._adversary_losses(images, labels, activations, global_batch)
+                loss += self.adversary.weight * hinge
+                logs["adversary_ssim"] = tf.reduce_sum(ssim)
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
+        if self.decoder is not None:
+            decoder_variables = self.decoder.trainable_variables
+            self.decoder_optimizer.apply_gradients(zip(tape.gradient(decoder_loss, decoder_variables),
+                                                       decoder_variables))
         dcor, dcor_weight = self.nopeek.last_dcor()
         return {"loss": loss, "correct": self._correct(logits, labels),
                 "count": tf.cast(local_batch, tf.float32), "dcor": dcor / replicas,
-                "dcor_weight": dcor_weight / replicas}
+                "dcor_weight": dcor_weight / replicas, **logs}
+
+    def _adversary_losses(self, images, labels, activations, global_batch):
+        """(the decoder's MSE on fixed activations, the client's hinge on its SSIM, per-image SSIM)."""
+        activations = tf.cast(activations, tf.float32)
+        inputs = [activations] if self._class_means is None else [activations, tf.gather(self._class_means, labels)]
+        reconstructions = self.decoder(inputs if len(inputs) > 1 else inputs[0], training=True)
+        fixed = [tf.stop_gradient(part) for part in inputs]
+        decoded = self.decoder(fixed if len(fixed) > 1 else fixed[0], training=True)
+        decoder_mse = tf.reduce_mean(tf.square(decoded - images), axis=[1, 2, 3])
+        ssim = tf.image.ssim(images, reconstructions, max_val=1.0)
+        hinge = tf.nn.relu(ssim - self.adversary.threshold)
+        return (tf.nn.compute_average_loss(decoder_mse, global_batch_size=global_batch),
+                tf.nn.compute_average_loss(hinge, global_batch_size=global_batch), ssim)
 
     @staticmethod
     def _correct(logits, labels):
@@ -205,8 +285,11 @@ class Checkpoints:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         # The model's non-trainable variables are listed too: the random-seed states of its dropout layers
         # are not reached through the model object, and a resumed run must draw the same dropout masks.
-        self.checkpoint = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, epoch=self.epoch,
-                                              states=list(trainer.model.non_trainable_variables))
+        parts = dict(model=trainer.model, optimizer=trainer.optimizer, epoch=self.epoch,
+                     states=list(trainer.model.non_trainable_variables))
+        if trainer.decoder is not None:  # attacker-aware training resumes with its decoder's state
+            parts.update(adversary=trainer.decoder, adversary_optimizer=trainer.decoder_optimizer)
+        self.checkpoint = tf.train.Checkpoint(**parts)
 
     def restore(self) -> int:
         """Restores the last saved epoch's state if there is one; returns the number of finished epochs."""

@@ -64,8 +64,10 @@ def leakage_file(model_dir: str, variant: str = "keras", name: str = LEAKAGE_FIL
 
 
 def default_path(config: TrainConfig) -> str:
-    """runs/<dataset>_<arch>_<cut>_alpha<alpha>, with _width<client_width> when it is not 1."""
+    """runs/<dataset>_<arch>_<cut>_alpha<alpha>, with _width<client_width> when it is not 1 and
+    _bottleneck<channels> with a bottleneck."""
     width = f"_width{config.client_width:g}" if config.client_width != 1 else ""
+    width += f"_bottleneck{config.bottleneck}" if config.bottleneck else ""
     return os.path.join("runs", f"{config.dataset}_{config.arch}_{config.cut}{width}_alpha{config.alpha:g}")
 
 

@@ -34,6 +34,7 @@ CLIENT_NAME = "client"
 SERVER_NAME = "server"
 NOPEEK_NAME = "nopeek"
 NOISE_NAME = "noise"
+BOTTLENECK_NAME = "bottleneck"
 DCOR_METRIC_NAME = "dcor"
 
 
@@ -369,6 +370,7 @@ def build_split_model(
     alpha: float = 0.0,
     noise: tuple[str, float] | None = None,
     client_width: float = 1.0,
+    bottleneck: int = 0,
 ) -> SplitModel:
     """Builds a NoPeek split model.
 
@@ -382,6 +384,9 @@ def build_split_model(
         sends (the noise baseline), or None.
       client_width: multiplies the filters and units of the client's blocks
         (the server's stay as they are); below 1 narrows what the client sends.
+      bottleneck: if > 0, the client ends with a linear layer to this many
+        channels (a 1x1 convolution, or units after a dense cut), no ReLU: the
+        client sends fewer values, and the server starts from them.
 
     Returns:
       A :class:`SplitModel`; ``full`` is uncompiled and outputs logits.
@@ -392,6 +397,8 @@ def build_split_model(
     cut = resolve_cut(arch, cut)
     if client_width <= 0:
         raise ValueError(f"client_width must be positive, got {client_width:g}")
+    if bottleneck < 0:
+        raise ValueError(f"bottleneck must be >= 0 channels, got {bottleneck}")
     architecture = get_architecture(arch)
     client_blocks = architecture.cuts[:architecture.cuts.index(cut) + 1]
 
@@ -405,6 +412,9 @@ def build_split_model(
     x = image
     for _, block in blocks[:split_at]:
         x = block(x)
+    if bottleneck:
+        x = (keras.layers.Conv2D(bottleneck, 1, name=BOTTLENECK_NAME) if len(x.shape) == 4
+             else keras.layers.Dense(bottleneck, name=BOTTLENECK_NAME))(x)
     client = keras.Model(image, x, name=CLIENT_NAME)
 
     activations = keras.Input(shape=client.output_shape[1:], name="activations")
@@ -426,6 +436,21 @@ def build_split_model(
     cut_activations = NoPeekLayer(alpha, name=NOPEEK_NAME, dtype="float32")([full_input, sent])
     full = keras.Model(full_input, server(cut_activations), name=f"nopeek_{arch}_{cut}")
     return SplitModel(full=full, client=client, server=server, noise=noise_layer)
+
+
+def flops(model: keras.Model) -> int:
+    """Multiply-adds x 2 of one sample through the Conv2D and Dense layers of ``model`` (nested models too)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += flops(layer)
+        elif isinstance(layer, keras.layers.Conv2D):
+            height, width, channels = layer.output.shape[1:]
+            kernel_height, kernel_width = layer.kernel_size
+            total += 2 * height * width * channels * kernel_height * kernel_width * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
 
 
 def split_halves(full: keras.Model) -> SplitModel:

@@ -77,7 +77,7 @@ def save_privacy_utility(path: str, rows: list[dict], title: str) -> None:
                               textcoords="offset points", xytext=(3, 3), color=line.get_color())
     label_only = [row["label_only_ssim"] for row in rows if row.get("label_only_ssim") is not None]
     if label_only:
-        axes[0].axvline(label_only[0], color="grey", linestyle=":", label="label-only reference")
+        axes[0].axvline(label_only[0], color="grey", linestyle=":", label="label-only floor (excess: the distance to it)")
     axes[0].set_xlabel("worst-case attack SSIM (lower = more private)")
     axes[1].set_xlabel("test dCor(image, activations)")
     for axis in axes:

@@ -30,6 +30,8 @@ from nopeek_tf.config import (AttackBudget, ConfigError, EvaluationConfig, Setti
                               resumable_fields, setting)
 
 RESULTS_FILE = "results.json"
+# What the device sends and computes, from metrics.json (beside every row: what protection costs).
+SIZE_KEYS = ("activation_bytes_int8", "activation_bytes_float32", "client_flops_share")
 GRID_IMAGES_PER_ATTACK = 4
 
 
@@ -84,6 +86,7 @@ class Defence:
     def curve(self, config: TrainConfig) -> str:
         """The curve the run belongs to in the plot, e.g. "NoPeek (cut dense, width x0.25, warm-up 0.5+0.5)"."""
         where = f"cut {self.cut}" + (f", width x{config.client_width:g}" if config.client_width != 1 else "")
+        where += f", bottleneck {config.bottleneck}" if config.bottleneck else ""
         if self.kind != "nopeek":
             return f"{self.kind} noise ({where})"
         if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
@@ -148,8 +151,11 @@ def reusable_leakage(model_dir: str, budget: AttackBudget, evaluation: Evaluatio
         return None
     with open(path) as f:
         result = json.load(f)
+    from nopeek_tf.attacks import ATTACKS
+
     same = (result.get("budget") == dataclasses.asdict(budget) and result.get("client") == "keras"
-            and result.get("train_images") == evaluation.train_images
+            and {attack["attack"] for attack in result.get("attacks", [])} == set(ATTACKS)
+            and result.get("train_images") == (evaluation.train_images or result.get("train_images"))
             and result.get("test_images") == evaluation.test_images and result.get("seed") == evaluation.attack_seed)
     if same and os.path.getmtime(path) >= os.path.getmtime(os.path.join(model_dir, model_dir_lib.MODEL_FILE)):
         return result
@@ -161,9 +167,11 @@ def result_row(defence: Defence, config: TrainConfig, base: TrainConfig, result:
     row = {"run": defence.name, "defence": defence.kind, "strength": defence.strength, "cut": defence.cut,
            "curve": defence.curve(base), "client_width": config.client_width,
            "alpha_warmup_epochs": config.alpha_warmup_epochs, "alpha_ramp_epochs": config.alpha_ramp_epochs,
-           "test_accuracy": result["test_accuracy"], "test_dcor": result["test_dcor"],
+           "bottleneck": config.bottleneck, "test_accuracy": result["test_accuracy"], "test_dcor": result["test_dcor"],
+           **{key: result.get(key) for key in SIZE_KEYS},
            "worst_attack": result["worst_attack"], "worst_ssim": result["worst_ssim"],
-           "worst_psnr": result["worst_psnr"]}
+           "worst_psnr": result["worst_psnr"], "floor_ssim": result.get("floor_ssim"),
+           "excess_ssim": result.get("excess_ssim")}
     for attack in result["attacks"]:
         row[f"{attack['attack']}_ssim"] = attack["ssim"]
         row[f"{attack['attack']}_psnr"] = attack["psnr"]
@@ -243,7 +251,8 @@ def run_sweep(settings: SweepSettings, defences: list[Defence] | None = None, lo
         else:
             log(f"{step}: reusing {model_dir_lib.LEAKAGE_FILE}")
         log("\n".join(evaluation.result_lines(result)))
-        rows.append(result_row(defence, config, base, {**result, "test_accuracy": metrics["test_accuracy"]}))
+        rows.append(result_row(defence, config, base, {**result, "test_accuracy": metrics["test_accuracy"],
+                                                       **{key: metrics.get(key) for key in SIZE_KEYS}}))
         run_dirs[defence.name] = model_dir
 
     summary = {"dataset": base.dataset, "train_config": base.to_json(), "budget": dataclasses.asdict(budget),
@@ -260,13 +269,18 @@ def run_sweep(settings: SweepSettings, defences: list[Defence] | None = None, lo
 
 def markdown_table(rows: list[dict]) -> str:
     """The results as a Markdown table (paste into the README)."""
-    attacks = [key[:-5] for key in rows[0] if key.endswith("_ssim") and key not in ("worst_ssim", "label_only_ssim")]
-    lines = ["| run | test accuracy | test dCor | " + " | ".join(f"{a} SSIM" for a in attacks) + " | worst SSIM |",
-             "|---|---|---|" + "---|" * len(attacks) + "---|"]
+    summary = ("worst_ssim", "label_only_ssim", "floor_ssim", "excess_ssim")
+    attacks = [key[:-5] for key in rows[0] if key.endswith("_ssim") and key not in summary]
+    lines = ["| run | test accuracy | test dCor | " + " | ".join(f"{a} SSIM" for a in attacks)
+             + " | worst SSIM | excess over the floor | bytes sent (int8) | client FLOPs |",
+             "|---|---|---|" + "---|" * len(attacks) + "---|---|---|---|"]
     for row in rows:
+        excess = "-" if row.get("excess_ssim") is None else f"{row['excess_ssim']:+.3f}"
+        size = "-" if row.get("activation_bytes_int8") is None else f"{row['activation_bytes_int8']:,}"
+        share = "-" if row.get("client_flops_share") is None else f"{100 * row['client_flops_share']:.0f}%"
         lines.append(f"| {row['run']} | {row['test_accuracy']:.3f} | {row['test_dcor']:.3f} | "
                      + " | ".join(f"{row.get(a + '_ssim', float('nan')):.3f}" for a in attacks)
-                     + f" | {row['worst_ssim']:.3f} ({row['worst_attack']}) |")
+                     + f" | {row['worst_ssim']:.3f} ({row['worst_attack']}) | {excess} | {size} | {share} |")
     if rows[0].get("label_only_ssim") is not None:
         lines.append(f"label-only reference SSIM: {rows[0]['label_only_ssim']:.3f}")
     return "\n".join(lines)

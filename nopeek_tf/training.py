@@ -40,11 +40,15 @@ def describe(run: Run, split: models.SplitModel) -> str:
     """One line: the data, the model, the defence and the distribution."""
     config, info = run.config, run.raw.info
     width = f" (client width x{config.client_width:g})" if config.client_width != 1 else ""
+    width += f" + a {config.bottleneck}-channel bottleneck" if config.bottleneck else ""
     schedule = ""
     if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
         schedule = f" (0 for {config.alpha_warmup_epochs:g} epochs, then a {config.alpha_ramp_epochs:g}-epoch ramp)"
     if config.noise != "none":
         schedule += f"; {config.noise} noise x{config.noise_scale:g}"
+    if config.adversary_weight:
+        schedule += (f"; attacker-aware x{config.adversary_weight:g} above SSIM {config.adversary_ssim_threshold:g}"
+                     + (" (label-aware decoder)" if config.adversary_label_aware else ""))
     return (f"{info.name}: {info.num_train} train / {info.num_test} test images {run.input_shape}, "
             f"{info.num_classes} classes; {config.arch} cut after {config.cut}{width} -> activations "
             f"{split.activation_shape}; alpha {config.alpha:g}{schedule}; "
@@ -79,8 +83,10 @@ def build_model(run: Run) -> tuple[models.SplitModel, loop.Trainer]:
         with run.strategy.scope():
             noise = (config.noise, config.noise_scale) if config.noise != "none" else None
             split = models.build_split_model(config.arch, run.input_shape, run.raw.info.num_classes, config.cut,
-                                             config.alpha, noise=noise, client_width=config.client_width)
-        trainer = loop.Trainer(split, run.strategy, config.learning_rate, config.mixed_precision)
+                                             config.alpha, noise=noise, client_width=config.client_width,
+                                             bottleneck=config.bottleneck)
+        trainer = loop.Trainer(split, run.strategy, config.learning_rate, config.mixed_precision,
+                               adversary=make_adversary(run))
         with run.strategy.scope():
             split.full.compile(optimizer=trainer.optimizer,
                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -88,6 +94,19 @@ def build_model(run: Run) -> tuple[models.SplitModel, loop.Trainer]:
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return split, trainer
+
+
+def make_adversary(run: Run) -> loop.Adversary | None:
+    """The in-loop decoder of attacker-aware training (``--adversary_weight``), or None."""
+    config = run.config
+    if not config.adversary_weight:
+        return None
+    means = None
+    if config.adversary_label_aware:
+        images, labels = data.to_arrays(run.raw.train, config.image_size)
+        means = np.stack([images[labels == label].mean(axis=0) if np.any(labels == label) else images.mean(axis=0)
+                          for label in range(run.raw.info.num_classes)])
+    return loop.Adversary(config.adversary_weight, config.adversary_ssim_threshold, config.adversary_width, means)
 
 
 class EpochReporter:
@@ -192,6 +211,14 @@ def evaluate(run: Run, split: models.SplitModel, trainer: loop.Trainer) -> dict:
             "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size}
 
 
+def sent_size(split: models.SplitModel) -> dict:
+    """What the device sends and computes: bytes per image (int8 and float32) and the client's share of FLOPs."""
+    values = int(np.prod(split.activation_shape))
+    client, server = models.flops(split.client), models.flops(split.server)
+    return {"activation_bytes_int8": values, "activation_bytes_float32": 4 * values, "client_flops": client,
+            "server_flops": server, "client_flops_share": client / max(client + server, 1)}
+
+
 def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dict:
     """Trains (or resumes) a NoPeek split model, evaluates it and writes ``model_dir``.
 
@@ -219,6 +246,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         **run.config.to_json(),
         **evaluate(run, split, trainer),
         "activation_shape": list(split.activation_shape),
+        **sent_size(split),
         "input_shape": list(run.input_shape),
         "num_classes": run.raw.info.num_classes,
         "class_names": list(run.raw.info.class_names),

@@ -89,7 +89,8 @@ def test_each_attack_inverts_an_identity_client_and_not_a_constant_one():
     overall_mean = attacks.image_metrics(test_x[blind.scored_indices],
                                          np.repeat(train_x.mean(axis=0, keepdims=True), len(blind.scored_indices), 0))[2]
     for result in blind.results:  # nothing beyond the average face: the attacks learn nothing from the activations
-        assert result.ssim < overall_mean + 0.05, (result.attack, result.ssim, overall_mean)
+        if result.attack != "label_aware":  # it is given the class: it learns the class means
+            assert result.ssim < overall_mean + 0.05, (result.attack, result.ssim, overall_mean)
     # The label-only reference is the same for both clients: it never looks at the activations.
     assert blind.label_only.ssim == report.label_only.ssim > overall_mean
 
@@ -102,7 +103,7 @@ def test_attacks_reconstruct_a_leaky_client_and_not_a_blind_one(faces):
         client=lambda x: leaky.predict(x, verbose=0), client_model=leaky,
         train_images=train_x, test_images=test_x, test_labels=test_y), TINY)
     by_name = {r.attack: r for r in report.results}
-    assert set(by_name) == set(attacks.ATTACKS)
+    assert set(by_name) == set(attacks.ATTACKS) - {"label_aware"}  # no labels given: no label-aware attack
     assert by_name["inversion"].ssim > 0.6 and by_name["public_client"].ssim > 0.4
     assert report.worst.ssim == max(r.ssim for r in report.results)
     assert by_name["leaked_pairs"].scored_images == by_name["public_client"].scored_images == 12
@@ -114,6 +115,37 @@ def test_attacks_reconstruct_a_leaky_client_and_not_a_blind_one(faces):
         client=lambda x: rng.normal(size=(len(x), 14, 12, 1)).astype(np.float32), client_model=None,
         train_images=train_x, test_images=test_x, test_labels=test_y), TINY, attacks=("leaked_pairs",))
     assert blind.worst.ssim < report.worst.ssim - 0.2
+
+
+def test_label_aware_decoder_reaches_the_floor_on_a_client_that_sends_only_the_label():
+    """A client whose activations say nothing (a constant) while the server answers the true class: the
+    label-aware decoder is given exactly the label, and must do at least as well as the class means."""
+    raw = data.load("orl_faces")
+    (train_x, train_y), (test_x, test_y) = [data.to_arrays(split, (14, 12)) for split in (raw.train, raw.test)]
+    budget = attacks.AttackBudget(decoder_epochs=40, decoder_batch_size=16, decoder_width=8, leaked_fraction=0.5)
+    report = attacks.run_attacks(attacks.AttackInput(
+        client=lambda x: np.ones((len(x), 2), np.float32), client_model=None, train_images=train_x,
+        test_images=test_x, test_labels=test_y, train_labels=train_y, test_predicted=test_y), budget,
+        attacks=("public_client", "label_aware"))
+    by_name = {r.attack: r for r in report.results}
+    assert by_name["label_aware"].ssim >= report.label_only.ssim - 0.01, (by_name, report.label_only)
+    assert by_name["public_client"].ssim < report.label_only.ssim  # without the class: only the average face
+    assert report.excess_ssim == pytest.approx(report.worst.ssim - report.floor_ssim)
+    assert "as the server predicts them" in by_name["label_aware"].budget
+    assert by_name["label_aware"].pairs == len(train_x) and by_name["label_aware"].epochs >= 1
+
+
+@pytest.mark.parametrize("family", attacks.DECODER_FAMILIES)
+@pytest.mark.parametrize("activation_shape", [(7, 6, 8), (32,)])
+def test_decoder_families_map_any_activations_to_the_image_shape(family, activation_shape):
+    activations = np.random.default_rng(0).normal(size=(2, *activation_shape))
+    output = attacks.build_decoder(activation_shape, (28, 23, 1), width=4, family=family).predict(activations,
+                                                                                                  verbose=0)
+    assert output.shape == (2, 28, 23, 1) and 0 <= output.min() <= output.max() <= 1
+    # Label-aware, untrained: exactly the class-mean image it is given (the label-only reference).
+    means = np.random.default_rng(1).uniform(size=(2, 28, 23, 1)).astype(np.float32)
+    label_aware = attacks.build_decoder(activation_shape, (28, 23, 1), width=4, family=family, label_aware=True)
+    np.testing.assert_allclose(label_aware.predict([activations, means], verbose=0), means, atol=1e-6)
 
 
 def test_recognizer_scores_reconstructions(faces):

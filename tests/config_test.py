@@ -66,7 +66,7 @@ def test_base_values_hold_where_no_flag_is_given():
     (config_lib.TrainConfig(noise="gaussian"), "--noise_scale must be > 0 with --noise=gaussian/uniform"),
     (config_lib.TrainConfig(strategy="mirrored", devices=None, leakage_images=1), "--leakage_images must be 0"),
     (config_lib.AttackBudget(leaked_fraction=1.0), "--leaked_fraction must be between 0 and 1"),
-    (config_lib.EvaluationConfig(train_images=0), "--train_images must be at least 1, got 0"),
+    (config_lib.EvaluationConfig(test_images=0), "--test_images must be at least 1, got 0"),
     (sweep.SweepConfig(sweep_dir="x", alphas=(1, -2)), "--alphas must be >= 0, got -2"),
     (sweep.SweepConfig(), "--sweep_dir is required"),
 ])

@@ -304,3 +304,32 @@ def test_cli_without_tensorflow(served):
         assert lines[-1].startswith(f"11 images via {transport_name} ({variant} client)")
     result = _run_edge_cli(["--tflite", _tflite(export_dir, "int8"), "--server", server.rest, "/no/such.png"])
     assert result.returncode == 1 and result.stderr.strip() == "error: /no/such.png: no such file or folder"
+
+
+def test_a_bottleneck_client_sends_its_few_channels_end_to_end(tmp_path):
+    """--bottleneck=4: the manifest's activations have 4 channels, and the edge client classifies through it."""
+    from export import export
+    from nopeek_tf import config as config_lib
+    from nopeek_tf import training
+
+    model_dir = str(tmp_path / "run")
+    metrics = training.train_and_evaluate(config_lib.TrainConfig(
+        dataset="orl_faces", image_size=(28, 23), bottleneck=4, epochs=1, batch_size=16, dcor_batch_size=50,
+        verbose=0), model_dir)
+    assert metrics["activation_shape"] == [7, 5, 4] and metrics["activation_bytes_int8"] == 7 * 5 * 4
+    assert 0 < metrics["client_flops_share"] < 1
+    export_dir = str(tmp_path / "export")
+    manifest = export.export_model(export.ExportConfig(model_dir=model_dir, export_dir=export_dir,
+                                                       variants=("float32", "int8"), parity_images=20),
+                                   log=lambda *_: None)
+    assert manifest.activation_shape == [7, 5, 4]
+    assert manifest.clients["int8"].output.bytes_per_sample == 140  # against 644 raw bytes (28x23)
+    server = LocalServer({MODEL: os.path.join(export_dir, "serving", MODEL)})
+    try:
+        for variant, transport_name, address in (("int8", "grpc", server.grpc), ("float32", "rest", server.rest)):
+            result = EdgeClient(_tflite(export_dir, variant), server=address, transport=transport_name).classify(
+                FACES[0])
+            assert result.bytes_sent == 140 * (1 if variant == "int8" else 4)
+            assert 0 <= result.class_id < 40 and result.probabilities.sum() == pytest.approx(1, abs=1e-4)
+    finally:
+        server.stop()

@@ -1,6 +1,7 @@
 r"""Attacks a trained model dir's client and writes what it leaks.
 
-  python -m train.leakage --model_dir=runs/quickstart
+  python -m train.leakage --model_dir=runs/quickstart           # the full budget (the whole training split)
+  python -m train.leakage --model_dir=runs/quickstart --quick   # the quick budget, for comparisons
   python -m train.leakage --model_dir=runs/quickstart \
       --tflite=runs/quickstart/export/client/client_int8.tflite   # what an int8 device really sends
 
@@ -34,6 +35,8 @@ def define_flags() -> None:
     """Defines the command-line flags (only when run as a script)."""
     flags.DEFINE_string("model_dir", None, "A model dir written by python -m train.train.", required=True)
     flags.DEFINE_string("tflite", None, "Attack this exported client .tflite instead of the Keras client.")
+    flags.DEFINE_bool("quick", False, "The quick budget (nopeek_tf.config.QUICK_BUDGET and QUICK_EVALUATION: 5,000 "
+                      "training images, small decoders) for comparing defences; the given flags still apply.")
     config_lib.define_flags(config_lib.AttackBudget)
     config_lib.define_flags(config_lib.EvaluationConfig)
     flags.adopt_module_key_flags(config_lib)
@@ -52,8 +55,10 @@ def main(argv):
         except (OSError, ValueError) as error:
             sys.exit(f"error: --tflite {FLAGS.tflite}: {error}")
     try:
-        budget = config_lib.from_flags(config_lib.AttackBudget)
-        settings = config_lib.from_flags(config_lib.EvaluationConfig)
+        budget = config_lib.from_flags(config_lib.AttackBudget,
+                                       base=config_lib.QUICK_BUDGET if FLAGS.quick else None)
+        settings = config_lib.from_flags(config_lib.EvaluationConfig,
+                                         base=config_lib.QUICK_EVALUATION if FLAGS.quick else None)
         budget.validate()
         settings.validate()
         result = evaluation.evaluate_leakage(FLAGS.model_dir, FLAGS.tflite, budget, settings)

@@ -14,6 +14,7 @@ nopeek_tf.sweep.run_sweep (see its docstring for what it writes).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -38,6 +39,8 @@ def define_flags() -> None:
                         "fashion_mnist) or a path to a .py file with get_config().")
     config_lib.define_flags(SweepConfig)
     flags.DEFINE_alias("workdir", "sweep_dir")
+    flags.DEFINE_bool("quick", False, "The quick attack budget (nopeek_tf.config.QUICK_BUDGET, QUICK_EVALUATION) "
+                      "instead of the configuration's; the given flags still apply.")
     config_lib.define_flags(config_lib.TrainConfig, include_swept=False)
     config_lib.define_flags(config_lib.AttackBudget)
     config_lib.define_flags(config_lib.EvaluationConfig)
@@ -68,6 +71,8 @@ def settings_from_flags():
     from nopeek_tf.sweep import SweepConfig, SweepSettings
 
     base = load_config_module(FLAGS.config) if FLAGS.config else SweepSettings()
+    if FLAGS.quick:
+        base = dataclasses.replace(base, budget=config_lib.QUICK_BUDGET, evaluation=config_lib.QUICK_EVALUATION)
     settings = SweepSettings(
         sweep=config_lib.from_flags(SweepConfig, base=base.sweep),
         train=config_lib.from_flags(config_lib.TrainConfig, base=base.train),

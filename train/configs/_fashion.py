@@ -6,9 +6,8 @@ on 32 images, 300 steps) is for comparing defences in one sweep; it
 underestimates what an attacker with the full training split reconstructs.
 """
 
-from nopeek_tf.config import AttackBudget, EvaluationConfig, TrainConfig
+from nopeek_tf.config import QUICK_BUDGET, QUICK_EVALUATION, TrainConfig
 
 TRAIN = TrainConfig(dataset="fashion_mnist", epochs=2, batch_size=128, verbose=0)
-QUICK_BUDGET = AttackBudget(decoder_width=32, decoder_epochs=10, inversion_steps=300, inversion_images=32)
-QUICK_IMAGES = EvaluationConfig(train_images=5000, test_images=2000, recognizer_epochs=3)
+QUICK_IMAGES = QUICK_EVALUATION
 WARM_UP = dict(alpha_warmup_epochs=0.5, alpha_ramp_epochs=0.5)
