@@ -223,3 +223,27 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
                                                    variants=("float32",), parity_images=10), log=lambda *_: None)
     assert card.privacy["worst_attack"] == written["worst_attack"]
     assert card.privacy["worst_ssim"] == written["worst_ssim"]
+
+
+@pytest.mark.slow
+def test_attacker_aware_training_lowers_a_fresh_decoders_ssim(tmp_path):
+    """The same seed and data, with and without the in-loop decoder: a decoder trained afterwards on the
+    public client reconstructs the defended client's activations worse."""
+    from nopeek_tf import config as config_lib
+    from nopeek_tf import evaluation, training
+
+    attack_data = evaluation.load_attack_data("orl_faces", None, (28, 23), 0, 120)
+    budget = attacks.AttackBudget(decoder_epochs=15, decoder_width=16, decoder_batch_size=32, leaked_fraction=0.5)
+    fresh = {}
+    for weight in (0.0, 5.0):
+        model_dir = str(tmp_path / f"adversary{weight:g}")
+        training.train_and_evaluate(config_lib.TrainConfig(
+            dataset="orl_faces", image_size=(28, 23), arch="mnist_cnn", batch_size=16, epochs=6, alpha=0.0,
+            dcor_batch_size=50, adversary_weight=weight, adversary_ssim_threshold=0.0, verbose=0), model_dir)
+        split, _ = model_dir_lib.load(model_dir)
+        report = attacks.run_attacks(attacks.AttackInput(
+            client=split.sent_activations, client_model=None, train_images=attack_data.train_images,
+            test_images=attack_data.test_images, test_labels=attack_data.test_labels), budget,
+            attacks=("public_client",))
+        fresh[weight] = report.worst.ssim
+    assert fresh[5.0] < fresh[0.0] - 0.05, fresh

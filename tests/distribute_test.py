@@ -20,10 +20,12 @@ from nopeek_tf.distribute import free_ports
 STEP_SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed_step.py")
 
 
-def _run_step(tmp_path, kind, replicas=None):
-    output = tmp_path / f"step_{kind}_{replicas}.npz"
+def _run_step(tmp_path, kind, replicas=None, adversary=False):
+    output = tmp_path / f"step_{kind}_{replicas}_{adversary}.npz"
     args = [kind, *([str(replicas)] if replicas else []), str(output)]
-    result = subprocess.run([sys.executable, STEP_SCRIPT, *args], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, **({"NOPEEK_STEP_ADVERSARY": "1"} if adversary else {})}
+    result = subprocess.run([sys.executable, STEP_SCRIPT, *args], capture_output=True, text=True, timeout=600,
+                            env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(np.load(output))
 
@@ -41,6 +43,17 @@ def _assert_same_step(step, single):
 @pytest.fixture(scope="module")
 def single_step(tmp_path_factory):
     return _run_step(tmp_path_factory.mktemp("single"), "single")
+
+
+def test_mirrored_step_with_attacker_aware_training_equals_single_device_step(tmp_path):
+    """The in-loop decoder (and the client's penalty on it) under 2 replicas: the same step as one device."""
+    single = _run_step(tmp_path, "single", adversary=True)
+    mirrored = _run_step(tmp_path, "mirrored", 2, adversary=True)
+    _assert_same_step(mirrored, single)
+    weights = sorted(key for key in single if key.startswith("weight_"))
+    assert len(weights) > 10  # the model's 10 and the decoder's
+    for name in weights:
+        np.testing.assert_allclose(mirrored[name], single[name], atol=1e-5)
 
 
 @pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])

@@ -9,6 +9,9 @@ and the weights after it to an .npz file.
   python tests/distributed_step.py single OUTPUT.npz
   python tests/distributed_step.py mirrored REPLICAS OUTPUT.npz
   TF_CONFIG=... python tests/distributed_step.py multi_worker OUTPUT.npz
+
+With NOPEEK_STEP_ADVERSARY=1 the step also trains an in-loop decoder (attacker-aware
+training); its weights after the step are written too.
 """
 
 import os
@@ -32,7 +35,7 @@ def batch():
 
 
 def one_step(strategy):
-    """Loss, dCor metric, gradients and new weights of one step on the whole batch."""
+    """Loss, dCor metric, gradients and new weights (the model's, then the in-loop decoder's) of one step."""
     import keras
 
     from nopeek_tf import loop, models
@@ -40,12 +43,15 @@ def one_step(strategy):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         split = models.build_split_model("mnist_cnn", (28, 28, 1), 10, alpha=ALPHA)
-    trainer = loop.Trainer(split, strategy, LEARNING_RATE, optimizer=keras.optimizers.SGD)
+    adversary = loop.Adversary(weight=1.0, threshold=0.0, width=8) if os.environ.get("NOPEEK_STEP_ADVERSARY") else None
+    trainer = loop.Trainer(split, strategy, LEARNING_RATE, optimizer=keras.optimizers.SGD, adversary=adversary)
     before = [w.numpy().copy() for w in split.full.trainable_weights]
     dataset = trainer.distribute(tf.data.Dataset.from_tensor_slices(batch()), BATCH, seed=0)
     logs = trainer.train_step(iter(dataset))
     after = [w.numpy() for w in split.full.trainable_weights]
     gradients = [(b - a) / LEARNING_RATE for b, a in zip(before, after)]
+    if trainer.decoder is not None:
+        after += [w.numpy() for w in trainer.decoder.trainable_weights]
     return float(logs["loss"]), float(logs["dcor"]), gradients, after
 
 
