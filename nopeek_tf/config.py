@@ -99,7 +99,8 @@ class TrainConfig(Settings):
     alpha_ramp_epochs: float = setting(0.0, "Then raise alpha linearly to --alpha over this many epochs.",
                                        minimum=0)
     adversary_weight: float = setting(0.0, "Attacker-aware training: weight of the penalty on a decoder trained "
-                                      "alongside (its SSIM above --adversary_ssim_threshold); 0: off.", minimum=0)
+                                      "alongside (its SSIM above --adversary_ssim_threshold); 0: off.", minimum=0,
+                                      swept=True)
     adversary_ssim_threshold: float = setting(0.4, "The in-loop decoder's SSIM that the client is not penalised "
                                               "below (set it near the label-only floor).", minimum=0)
     adversary_label_aware: bool = setting(False, "The in-loop decoder also gets the class (as the class-mean "

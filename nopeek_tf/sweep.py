@@ -49,6 +49,10 @@ class SweepConfig(Settings):
                                                 "sample's activation std); empty for none.", minimum=0)
     uniform_noise: tuple[float, ...] = setting((0.5, 1.0, 2.0), "Uniform noise scales (same units); empty for "
                                                "none.", minimum=0)
+    adversary_weights: tuple[float, ...] = setting((), "Attacker-aware training at these penalty weights (the "
+                                                   "--adversary_* flags set the rest); empty for none.", minimum=0)
+    adversary_alpha: float = setting(0.0, "NoPeek's alpha in the attacker-aware runs (0: the adversary alone).",
+                                     minimum=0)
     plot_with: tuple[str, ...] | None = setting(None, "Earlier sweeps' dirs whose curves the plot also draws "
                                                 "(e.g. a baseline sweep next to a warm-up sweep).")
 
@@ -74,19 +78,22 @@ class SweepSettings:
 class Defence:
     """One point of the sweep: a defence at one strength, at one cut."""
 
-    kind: str  # "nopeek", "gaussian" or "uniform"; alpha 0 is "nopeek" at strength 0
-    strength: float  # alpha, or the noise scale
+    kind: str  # "nopeek", "gaussian", "uniform" or "adversary"; alpha 0 is "nopeek" at strength 0
+    strength: float  # alpha, the noise scale, or the attacker-aware penalty's weight
     cut: str
 
     @property
     def name(self) -> str:
-        """The run's folder name, e.g. conv2_alpha3 or conv2_gaussian0.5."""
+        """The run's folder name, e.g. conv2_alpha3, conv2_gaussian0.5 or conv2_adversary1."""
         return f"{self.cut}_{'alpha' if self.kind == 'nopeek' else self.kind}{self.strength:g}"
 
     def curve(self, config: TrainConfig) -> str:
         """The curve the run belongs to in the plot, e.g. "NoPeek (cut dense, width x0.25, warm-up 0.5+0.5)"."""
         where = f"cut {self.cut}" + (f", width x{config.client_width:g}" if config.client_width != 1 else "")
         where += f", bottleneck {config.bottleneck}" if config.bottleneck else ""
+        if self.kind == "adversary":
+            alpha = f", alpha {config.alpha:g}" if config.alpha else ""
+            return f"attacker-aware ({where}{alpha}{', label-aware' if config.adversary_label_aware else ''})"
         if self.kind != "nopeek":
             return f"{self.kind} noise ({where})"
         if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
@@ -94,8 +101,9 @@ class Defence:
         return f"NoPeek ({where})"
 
 
-def plan(alphas, gaussian, uniform, cuts, noise_cuts=None) -> list[Defence]:
-    """The sweep's runs: alpha 0 first at each cut, then NoPeek, then the noise baselines (at ``noise_cuts``, default all)."""
+def plan(alphas, gaussian, uniform, cuts, noise_cuts=None, adversary_weights=()) -> list[Defence]:
+    """The sweep's runs: alpha 0 first at each cut, then NoPeek, the noise baselines (at ``noise_cuts``,
+    default all) and attacker-aware training."""
     runs = []
     for cut in cuts:
         runs.append(Defence("nopeek", 0.0, cut))
@@ -103,6 +111,7 @@ def plan(alphas, gaussian, uniform, cuts, noise_cuts=None) -> list[Defence]:
         if noise_cuts is None or cut in noise_cuts:
             runs += [Defence("gaussian", scale, cut) for scale in gaussian if scale > 0]
             runs += [Defence("uniform", scale, cut) for scale in uniform if scale > 0]
+        runs += [Defence("adversary", weight, cut) for weight in adversary_weights if weight > 0]
     return list(dict.fromkeys(runs))
 
 
@@ -123,11 +132,16 @@ def plan_settings(settings: SweepSettings) -> list[Defence]:
     """The runs a SweepSettings asks for."""
     sweep = settings.sweep
     return plan(sweep.alphas, sweep.gaussian_noise, sweep.uniform_noise, resolve_cuts(settings.train, sweep.cuts),
-                resolve_cuts(settings.train, sweep.noise_cuts) if sweep.noise_cuts else None)
+                resolve_cuts(settings.train, sweep.noise_cuts) if sweep.noise_cuts else None, sweep.adversary_weights)
 
 
-def train_config(base: TrainConfig, defence: Defence) -> TrainConfig:
-    """The training config of one run."""
+def train_config(base: TrainConfig, defence: Defence, adversary_alpha: float = 0.0) -> TrainConfig:
+    """The training config of one run (the base's adversary settings apply to attacker-aware runs only)."""
+    base = dataclasses.replace(base, adversary_weight=0.0)
+    if defence.kind == "adversary":
+        return dataclasses.replace(base, cut=defence.cut, alpha=adversary_alpha, adversary_weight=defence.strength,
+                                   alpha_warmup_epochs=base.alpha_warmup_epochs if adversary_alpha else 0.0,
+                                   alpha_ramp_epochs=base.alpha_ramp_epochs if adversary_alpha else 0.0)
     if defence.kind == "nopeek":
         warm = defence.strength > 0
         return dataclasses.replace(base, cut=defence.cut, alpha=defence.strength,
@@ -165,7 +179,7 @@ def reusable_leakage(model_dir: str, budget: AttackBudget, evaluation: Evaluatio
 def result_row(defence: Defence, config: TrainConfig, base: TrainConfig, result: dict) -> dict:
     """One flat row of results.csv (``config``: the run's; ``base``: the sweep's, which names the curve)."""
     row = {"run": defence.name, "defence": defence.kind, "strength": defence.strength, "cut": defence.cut,
-           "curve": defence.curve(base), "client_width": config.client_width,
+           "curve": defence.curve(config if defence.kind == "adversary" else base), "client_width": config.client_width,
            "alpha_warmup_epochs": config.alpha_warmup_epochs, "alpha_ramp_epochs": config.alpha_ramp_epochs,
            "bottleneck": config.bottleneck, "test_accuracy": result["test_accuracy"], "test_dcor": result["test_dcor"],
            **{key: result.get(key) for key in SIZE_KEYS},
@@ -229,7 +243,7 @@ def run_sweep(settings: SweepSettings, defences: list[Defence] | None = None, lo
     for index, defence in enumerate(defences, 1):
         step = f"[{index}/{len(defences)}] {defence.name}"
         model_dir = os.path.join(sweep_dir, defence.name)
-        config = train_config(base, defence)
+        config = train_config(base, defence, settings.sweep.adversary_alpha)
         metrics = finished_metrics(model_dir, config)
         if metrics is None:
             log(f"{step}: training")

@@ -34,7 +34,7 @@ def test_every_train_field_is_a_flag_of_train_and_sweep_and_saved_in_config_json
             continue
         assert field.name in train_flags and field.name in saved, field.name
         assert (field.name in sweep_flags) != field.metadata["swept"], field.name
-    assert {"cut", "alpha", "noise", "noise_scale"} == {
+    assert {"cut", "alpha", "noise", "noise_scale", "adversary_weight"} == {
         f.name for f in dataclasses.fields(config_lib.TrainConfig) if f.metadata["swept"]}
 
 

@@ -28,6 +28,13 @@ def test_plan_runs_the_undefended_model_once_per_cut_and_noise_where_asked():
     assert (runs[1].curve(narrow), runs[3].curve(narrow)) == ("NoPeek (cut conv2, width x0.25)",
                                                                "gaussian noise (cut conv2, width x0.25)")
     assert sweep.train_config(narrow, runs[3]).client_width == 0.25
+    aware = sweep.plan([0], [], [], ["conv2"], adversary_weights=[2])
+    assert [run.name for run in aware] == ["conv2_alpha0", "conv2_adversary2"]
+    adversary = sweep.train_config(TrainConfig(adversary_label_aware=True), aware[1], adversary_alpha=0.5)
+    assert (adversary.adversary_weight, adversary.alpha, adversary.adversary_label_aware) == (2.0, 0.5, True)
+    assert sweep.train_config(TrainConfig(adversary_weight=3), aware[0]).adversary_weight == 0
+    assert aware[1].curve(TrainConfig(alpha=0.5, adversary_label_aware=True)) == (
+        "attacker-aware (cut conv2, alpha 0.5, label-aware)")
 
 
 def test_a_finished_run_is_reused_even_if_written_before_a_setting_existed(tmp_path):
