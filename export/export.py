@@ -55,6 +55,11 @@ num_batch_threads { value: 2 }
 """
 
 
+# The exporter warns when the worst attack's SSIM exceeds the label-only floor by more than this
+# (README, "Leakage"): above it, the activations show more of the image than the class does.
+EXCESS_WARNING = 0.10
+
+
 class ExportError(ValueError):
     """The export cannot be made; the message names the flag or the problem."""
 
@@ -238,6 +243,22 @@ def privacy_card(model_dir: str) -> dict | None:
     return card
 
 
+def privacy_verdict(card: dict | None, model_dir: str) -> str:
+    """One line on what the exported client leaks: a warning without an evaluation or above EXCESS_WARNING."""
+    if card is None:
+        return (f"warning: {model_dir} has no leakage evaluation: the manifest's privacy card is empty; run "
+                f"python -m train.leakage --model_dir={model_dir} before shipping this client")
+    if card.get("excess_ssim") is None:
+        return (f"warning: {model_dir}'s leakage evaluation predates the label-only floor; run python -m "
+                f"train.leakage --model_dir={model_dir} again")
+    verdict = (f"privacy card: worst attack {card['worst_attack']} SSIM {card['worst_ssim']:.3f}, label-only floor "
+               f"{card['floor_ssim']:.3f}, excess {card['excess_ssim']:+.3f}")
+    if card["excess_ssim"] > EXCESS_WARNING:
+        return (f"warning: {verdict}: above {EXCESS_WARNING:g}, the activations this client sends show more "
+                "of the image than its class does")
+    return verdict
+
+
 def _prepare_export_dir(export_dir: str) -> str:
     try:
         os.makedirs(export_dir, exist_ok=True)
@@ -371,6 +392,7 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
             activation_shape=list(metrics["activation_shape"]), clients=clients,
             source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
             privacy=privacy_card(config.model_dir))
+        log(privacy_verdict(manifest.privacy, config.model_dir))
         manifest.save(os.path.join(staging, CLIENT_DIR))
         client_dir = install(staging, export_dir, model_name, version)
     except OSError as error:

@@ -219,10 +219,17 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
     assert variant == "int8"
     assert 0 < np.abs(device - keras_activations).max() <= 8 * manifest.clients["int8"].output.quantization.scale
 
+    lines = []
     card = export.export_model(export.ExportConfig(model_dir=model_dir, export_dir=str(tmp_path / "export"),
-                                                   variants=("float32",), parity_images=10), log=lambda *_: None)
+                                                   variants=("float32",), parity_images=10), log=lines.append)
     assert card.privacy["worst_attack"] == written["worst_attack"]
     assert card.privacy["worst_ssim"] == written["worst_ssim"]
+    assert card.privacy["excess_ssim"] == pytest.approx(written["worst_ssim"] - written["label_only"]["ssim"])
+    assert card.privacy["budget"]["label_aware"] == next(a["budget"] for a in written["attacks"]
+                                                         if a["attack"] == "label_aware")
+    verdict = [line for line in lines if "privacy card" in line]
+    assert len(verdict) == 1 and f"excess {card.privacy['excess_ssim']:+.3f}" in verdict[0]
+    assert verdict[0].startswith("warning:") == (card.privacy["excess_ssim"] > export.EXCESS_WARNING)
 
 
 @pytest.mark.slow

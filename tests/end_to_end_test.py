@@ -24,6 +24,10 @@ def test_quick_start(tmp_path):
                             text=True, timeout=1800, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test accuracy" in result.stdout and "test dCor" in result.stdout
+    assert "over the label-only floor" in result.stdout  # the quick attack's verdict
+    assert "privacy card: worst attack" in result.stdout  # the exporter's, from the card it wrote
+    assert json.loads((run_dir / "export" / "client" / "manifest.json").read_text())["privacy"]["excess_ssim"] \
+        is not None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dataset"] == "orl_faces" and metrics["alpha"] > 0
     assert metrics["test_accuracy"] > 0.8  # 40 people: chance is 0.025

@@ -20,6 +20,15 @@ from nopeek_tf.litert import LiteRTModel
 from tests.conftest import REPO_ROOT
 
 
+def test_export_warns_without_a_leakage_evaluation_and_above_the_excess_threshold():
+    assert export.privacy_verdict(None, "runs/x").startswith("warning: runs/x has no leakage evaluation")
+    card = {"worst_attack": "public_client", "worst_ssim": 0.8, "floor_ssim": 0.35, "excess_ssim": 0.45}
+    assert export.privacy_verdict(card, "runs/x").startswith("warning: privacy card: worst attack public_client")
+    calm = {**card, "worst_ssim": 0.4, "excess_ssim": 0.05}
+    assert export.privacy_verdict(calm, "runs/x") == ("privacy card: worst attack public_client SSIM 0.400, "
+                                                      "label-only floor 0.350, excess +0.050")
+
+
 def test_layout_and_manifest(exported, trained_dir):
     export_dir, manifest = exported
     client_dir = os.path.join(export_dir, "client")
