@@ -50,6 +50,8 @@ def main(argv):
     if FLAGS.tflite:
         from nopeek_tf import manifest as manifest_lib
 
+        if not os.path.isfile(FLAGS.tflite):
+            sys.exit(f"error: --tflite {FLAGS.tflite}: no such file")
         try:
             manifest_lib.Manifest.load(os.path.dirname(os.path.abspath(FLAGS.tflite))).client_for_file(FLAGS.tflite)
         except (OSError, ValueError) as error:
