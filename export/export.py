@@ -34,6 +34,7 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 from absl import app, flags
 
 from nopeek_tf import config as config_lib
@@ -192,7 +193,6 @@ def models_config_text(model_name: str, base_path: str) -> str:
 
 def check_parity(runner: ClientRunner, server_signatures, pixels, labels, keras_logits) -> dict:
     """LiteRT client + server SavedModel against the Keras full model on held-out images."""
-    import numpy as np
     import tensorflow as tf
 
     signature = server_signatures[runner.client.server_signature]
@@ -212,8 +212,6 @@ def check_parity(runner: ClientRunner, server_signatures, pixels, labels, keras_
 
 def _take_pixels(dataset, count: int):
     """The first ``count`` (uint8 images, labels) of a raw split as numpy arrays."""
-    import numpy as np
-
     images, labels = [], []
     for image, label in dataset.take(count).batch(1000):
         images.append(image.numpy())
@@ -271,16 +269,14 @@ def _prepare_export_dir(export_dir: str) -> str:
 class ExportImages:
     """The images an export uses, as uint8 pixels of the model's input size."""
 
-    representative: "np.ndarray"  # float32 [0, 1], with a black and a white image first (int8 calibration)
-    test_pixels: "np.ndarray"
-    test_labels: "np.ndarray"
+    representative: np.ndarray  # float32 [0, 1], with a black and a white image first (int8 calibration)
+    test_pixels: np.ndarray
+    test_labels: np.ndarray
     preprocessing: manifest_lib.Preprocessing
 
 
 def load_export_images(config: ExportConfig, metrics: dict) -> ExportImages:
     """Calibration images (training split) and parity images (test split) of the model's dataset."""
-    import numpy as np
-
     from nopeek_tf import data
 
     raw = data.load(metrics["dataset"], metrics.get("data_dir"))

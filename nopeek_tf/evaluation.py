@@ -14,7 +14,6 @@ and :func:`attack_model_dir`. Writes, beside the model (for an exported client
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import keras
 import numpy as np

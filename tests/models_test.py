@@ -5,7 +5,6 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from nopeek_tf import models
 from nopeek_tf.dcor import distance_correlation

@@ -13,7 +13,6 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from nopeek_tf import manifest as manifest_lib
 from tests.conftest import REPO_ROOT
 from tests.local_server import LocalServer
 

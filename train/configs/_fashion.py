@@ -6,7 +6,7 @@ on 32 images, 300 steps) is for comparing defences in one sweep; it
 underestimates what an attacker with the full training split reconstructs.
 """
 
-from nopeek_tf.config import QUICK_BUDGET, QUICK_EVALUATION, TrainConfig
+from nopeek_tf.config import QUICK_BUDGET, QUICK_EVALUATION, TrainConfig  # noqa: F401  (QUICK_BUDGET: the configs read it here)
 
 TRAIN = TrainConfig(dataset="fashion_mnist", epochs=2, batch_size=128, verbose=0)
 QUICK_IMAGES = QUICK_EVALUATION
