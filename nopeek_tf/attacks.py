@@ -343,10 +343,9 @@ def run_attacks(data: AttackInput, budget: AttackBudget | None = None, attacks: 
 
     if "leaked_pairs" in attacks:
         decode("leaked_pairs", test_activations[leaked], data.test_images[leaked], "leaked test pairs")
-    public = [name for name in ("public_client", "public_client_residual", "label_aware") if name in attacks]
-    if public:
-        train_activations = data.client(data.train_images)
-        source = "pairs made with the public client"
+    source = "pairs made with the public client"
+    if {"public_client", "public_client_residual", "label_aware"} & set(attacks):
+        train_activations = data.client(data.train_images)  # once, for every public-client decoder
     if "public_client" in attacks:
         decode("public_client", train_activations, data.train_images, source)
     if "public_client_residual" in attacks:
@@ -354,8 +353,9 @@ def run_attacks(data: AttackInput, budget: AttackBudget | None = None, attacks: 
     if "label_aware" in attacks and data.train_labels is not None:
         predicted = data.test_predicted is not None
         victims = (data.test_predicted if predicted else data.test_labels)[scored]
+        victims_source = "as the server predicts them" if predicted else "true"
         decode("label_aware", train_activations, data.train_images,
-               f"{source} with their classes; victims' classes {'as the server predicts them' if predicted else 'true'}",
+               f"{source} with their classes; victims' classes {victims_source}",
                labels=data.train_labels, victims_labels=victims)
     if "inversion" in attacks and data.client_model is not None:
         started = time.time()

@@ -233,15 +233,13 @@ def _kind(hint) -> str:
     return base.__name__
 
 
-def flag_fields(config_class, exclude: Iterable[str] = (), include_swept: bool = True) -> list[str]:
-    """The names of ``config_class``'s fields that are flags (less ``exclude``, and swept ones if asked)."""
-    exclude = set(exclude)
+def flag_fields(config_class, include_swept: bool = True) -> list[str]:
+    """The names of ``config_class``'s fields that are flags (without the swept ones if asked)."""
     return [field.name for field, _ in _fields(config_class)
-            if field.metadata.get("flag", True) and field.name not in exclude
-            and (include_swept or not field.metadata.get("swept"))]
+            if field.metadata.get("flag", True) and (include_swept or not field.metadata.get("swept"))]
 
 
-def define_flags(config_class, exclude: Iterable[str] = (), include_swept: bool = True, flag_values=None) -> None:
+def define_flags(config_class, include_swept: bool = True, flag_values=None) -> None:
     """Defines an absl flag for each flag field of ``config_class``, with its default and help.
 
     Checks are not absl validators: :func:`check` raises one-line ConfigErrors
@@ -255,7 +253,7 @@ def define_flags(config_class, exclude: Iterable[str] = (), include_swept: bool 
                 "str": flags.DEFINE_string, "size": flags.DEFINE_string, "list": flags.DEFINE_list,
                 "floats": flags.DEFINE_list}
     fields = dict((field.name, (field, hint)) for field, hint in _fields(config_class))
-    for name in flag_fields(config_class, exclude, include_swept):
+    for name in flag_fields(config_class, include_swept):
         field, hint = fields[name]
         kind = _kind(hint)
         help_text = field.metadata["help"]

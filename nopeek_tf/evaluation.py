@@ -121,12 +121,13 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.
         client, variant = tflite_client(tflite)
     else:
         client, variant = split.sent_activations, "keras"
+    test_activations = client(attack_data.test_images)
     report = attacks.run_attacks(attacks.AttackInput(
         client=client, client_model=split.client, train_images=attack_data.train_images,
         test_images=attack_data.test_images, test_labels=attack_data.test_labels, recognizer=recognizer,
-        train_labels=attack_data.train_labels,
-        test_predicted=predicted_classes(split, client(attack_data.test_images))), budget, seed=seed)
-    test_dcor, dcor_batch_size = mean_batch_dcor(attack_data.test_images, client(attack_data.test_images),
+        train_labels=attack_data.train_labels, test_predicted=predicted_classes(split, test_activations)),
+        budget, seed=seed)
+    test_dcor, dcor_batch_size = mean_batch_dcor(attack_data.test_images, test_activations,
                                                  metrics["dcor_batch_size"])
     result = {**report.to_json(), "client": variant, "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size,
               **{key: metrics.get(key) for key in DESCRIBING_SETTINGS},

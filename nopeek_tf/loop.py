@@ -74,7 +74,6 @@ class EpochLogs:
     dcor_sum: float = 0.0
     dcor_weight: float = 0.0
     adversary_ssim_sum: float | None = None
-    steps: int = 0
 
     def add(self, values: dict) -> None:
         if "adversary_ssim" in values:
@@ -84,7 +83,6 @@ class EpochLogs:
         self.count += float(values["count"])
         self.dcor_sum += float(values["dcor"])
         self.dcor_weight += float(values["dcor_weight"])
-        self.steps += 1
 
     def as_dict(self) -> dict[str, float]:
         logs = {"loss": self.loss_sum / max(self.count, 1.0), "accuracy": self.correct / max(self.count, 1.0),
@@ -129,16 +127,12 @@ class Trainer:
     def _build_adversary(self, adversary: Adversary) -> None:
         from nopeek_tf import attacks
 
-        previous_policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("float32")  # the decoder and its SSIM stay float32 under mixed precision
-        try:
-            with self.strategy.scope():
-                self.decoder = attacks.build_decoder(self.split.activation_shape, self.model.input_shape[1:],
-                                                     adversary.width, label_aware=adversary.class_means is not None)
-                self.decoder_optimizer = keras.optimizers.Adam(adversary.learning_rate)
-                self.decoder_optimizer.build(self.decoder.trainable_variables)
-        finally:
-            keras.config.set_dtype_policy(previous_policy)
+        # The decoder and its SSIM stay float32 under mixed precision.
+        with models.dtype_policy("float32"), self.strategy.scope():
+            self.decoder = attacks.build_decoder(self.split.activation_shape, self.model.input_shape[1:],
+                                                 adversary.width, label_aware=adversary.class_means is not None)
+            self.decoder_optimizer = keras.optimizers.Adam(adversary.learning_rate)
+            self.decoder_optimizer.build(self.decoder.trainable_variables)
         if adversary.class_means is not None:
             self._class_means = tf.constant(adversary.class_means, tf.float32)
 

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from typing import Callable, Sequence
@@ -208,14 +209,17 @@ class AlphaSchedule(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def apply(self, full: keras.Model, epoch: float) -> None:
+        """Puts the share of alpha at ``epoch`` in force in ``full``'s NoPeek layer (assigned only on change)."""
+        scale = self.scale_at(epoch)
+        if scale != self._last:
+            full.get_layer(NOPEEK_NAME).alpha_scale.assign(scale)
+            self._last = scale
+
     def on_train_batch_begin(self, batch, logs=None):
         steps = self.params.get("steps")
         # Unknown epoch length: whole-epoch granularity.
-        epoch = int(self.model.optimizer.iterations.numpy()) / steps if steps else self._epoch
-        scale = self.scale_at(epoch)
-        if scale != self._last:
-            self.model.get_layer(NOPEEK_NAME).alpha_scale.assign(scale)
-            self._last = scale
+        self.apply(self.model, int(self.model.optimizer.iterations.numpy()) / steps if steps else self._epoch)
 
 
 # --- Architectures --------------------------------------------------------
@@ -436,6 +440,18 @@ def build_split_model(
     cut_activations = NoPeekLayer(alpha, name=NOPEEK_NAME, dtype="float32")([full_input, sent])
     full = keras.Model(full_input, server(cut_activations), name=f"nopeek_{arch}_{cut}")
     return SplitModel(full=full, client=client, server=server, noise=noise_layer)
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str | None):
+    """Builds layers under the Keras dtype policy ``name`` (None: the current one), then restores the global one."""
+    previous = keras.config.dtype_policy()
+    if name:
+        keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def flops(model: keras.Model) -> int:

@@ -76,10 +76,7 @@ def build_model(run: Run) -> tuple[models.SplitModel, loop.Trainer]:
     ``model.keras`` can be trained further with ``fit``.
     """
     config = run.config
-    previous_policy = keras.config.dtype_policy()
-    if config.mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
-    try:
+    with models.dtype_policy("mixed_float16" if config.mixed_precision else None):
         with run.strategy.scope():
             noise = (config.noise, config.noise_scale) if config.noise != "none" else None
             split = models.build_split_model(config.arch, run.input_shape, run.raw.info.num_classes, config.cut,
@@ -91,8 +88,6 @@ def build_model(run: Run) -> tuple[models.SplitModel, loop.Trainer]:
             split.full.compile(optimizer=trainer.optimizer,
                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
     return split, trainer
 
 
@@ -103,9 +98,10 @@ def make_adversary(run: Run) -> loop.Adversary | None:
         return None
     means = None
     if config.adversary_label_aware:
+        from nopeek_tf.attacks import class_means
+
         images, labels = data.to_arrays(run.raw.train, config.image_size)
-        means = np.stack([images[labels == label].mean(axis=0) if np.any(labels == label) else images.mean(axis=0)
-                          for label in range(run.raw.info.num_classes)])
+        means = class_means(images, labels, np.arange(run.raw.info.num_classes))
     return loop.Adversary(config.adversary_weight, config.adversary_ssim_threshold, config.adversary_width, means)
 
 
@@ -149,24 +145,7 @@ def test_images(run: Run, limit: int | None = None) -> np.ndarray:
     return data.to_arrays(run.raw.test, run.config.image_size, limit)[0]
 
 
-def alpha_setter(config: TrainConfig, split: models.SplitModel, steps: int):
-    """``set(epoch, step)``: puts the alpha warm-up's share of alpha in force (None without a warm-up)."""
-    if not (config.alpha_warmup_epochs or config.alpha_ramp_epochs):
-        return None
-    schedule = models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs)
-    variable = split.full.get_layer(models.NOPEEK_NAME).alpha_scale
-    current = [None]
-
-    def set_scale(epoch: int, step: int) -> None:
-        scale = schedule.scale_at(epoch + step / steps)
-        if scale != current[0]:
-            variable.assign(scale)
-            current[0] = scale
-
-    return set_scale
-
-
-def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer) -> tuple[int, float]:
+def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> tuple[int, float]:
     """Trains (resuming after the last checkpointed epoch) up to ``config.epochs``.
 
     Returns:
@@ -174,12 +153,13 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer) -> tuple[int,
     """
     config = run.config
     train_data = trainer.distribute(run.raw.train, config.batch_size, config.seed, config.image_size)
-    test_ds = data.make_pipeline(run.raw.test, config.batch_size, False, config.seed, config.image_size)
     steps = trainer.steps_per_epoch(run.raw.info.num_train, config.batch_size)
     checkpoints = loop.Checkpoints(os.path.join(run.model_dir, model_dir_lib.CHECKPOINT_DIR), trainer, run.chief)
     first_epoch = checkpoints.restore()
     loop.skip_epochs(train_data, first_epoch)
-    set_alpha = alpha_setter(config, split, steps)
+    schedule = None
+    if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
+        schedule = models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs)
     report = EpochReporter(run, split)
     started = time.time()
     for epoch in range(first_epoch, config.epochs):
@@ -190,8 +170,8 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer) -> tuple[int,
         def before_step(step: int, epoch: int = epoch) -> None:
             if step == 1:
                 distribute.peers_met(run.strategy)  # a first collective step has run
-            if set_alpha:
-                set_alpha(epoch, step)
+            if schedule:
+                schedule.apply(split.full, epoch + step / steps)
 
         train_logs = trainer.train_epoch(train_data, steps, before_step)
         distribute.peers_met(run.strategy)
@@ -201,9 +181,8 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer) -> tuple[int,
     return max(0, config.epochs - first_epoch), time.time() - started
 
 
-def evaluate(run: Run, split: models.SplitModel, trainer: loop.Trainer) -> dict:
+def evaluate(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> dict:
     """Test accuracy and loss, and the mean test dCor of what the client sends."""
-    test_ds = data.make_pipeline(run.raw.test, run.config.batch_size, False, run.config.seed, run.config.image_size)
     evaluation = trainer.evaluate(test_ds)
     images = test_images(run)
     test_dcor, dcor_batch_size = mean_batch_dcor(images, split.sent_activations(images), run.config.dcor_batch_size)
@@ -240,11 +219,12 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
     keras.utils.set_random_seed(run.config.seed)
     split, trainer = build_model(run)
     print(describe(run, split), flush=True)
-    epochs_run, seconds = fit(run, split, trainer)
+    test_ds = data.make_pipeline(run.raw.test, run.config.batch_size, False, run.config.seed, run.config.image_size)
+    epochs_run, seconds = fit(run, split, trainer, test_ds)
     distribute.peers_met(run.strategy)
     metrics = {
         **run.config.to_json(),
-        **evaluate(run, split, trainer),
+        **evaluate(run, split, trainer, test_ds),
         "activation_shape": list(split.activation_shape),
         **sent_size(split),
         "input_shape": list(run.input_shape),

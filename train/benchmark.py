@@ -123,18 +123,14 @@ def loop_step_seconds(batch_size: int, alpha: float, repeats: int, strategy=None
     """
     from nopeek_tf import data, loop
 
-    strategy = strategy or _default_strategy()
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
     split, dataset = _model_and_batch(batch_size, alpha, strategy)
     trainer = loop.Trainer(split, strategy, 1e-3)
     batches = data.make_pipeline(dataset, batch_size, True, 0, drop_remainder=True).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(batches))
     return median_seconds(lambda: trainer.train_step(iterator)["loss"].numpy(), repeats)
-
-
-def _default_strategy():
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy()
 
 
 def fit_step_seconds(batch_size: int, alpha: float, repeats: int) -> float:
