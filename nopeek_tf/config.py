@@ -22,6 +22,17 @@ from typing import Any
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 NOISE_KINDS = ("none", "gaussian", "uniform")
+DEFENCES = ("recommended", "plain")
+# The defence settings: give any of them on the command line and the recommendation steps aside.
+DEFENCE_FIELDS = ("cut", "client_width", "bottleneck", "alpha", "alpha_warmup_epochs", "alpha_ramp_epochs",
+                  "adversary_weight", "adversary_ssim_threshold", "adversary_label_aware", "adversary_width",
+                  "noise", "noise_scale")
+# The protective defence measured for each offline dataset (README, "Leakage: the frontier"): train.train
+# uses it unless --defence=plain or a defence flag is given.
+RECOMMENDED_DEFENCE: dict[str, dict[str, Any]] = {
+    "fashion_mnist": dict(cut="dense", bottleneck=8, alpha=0.0),
+    "orl_faces": dict(cut="dense", bottleneck=16, alpha=0.0),
+}
 DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
 
 
@@ -31,7 +42,7 @@ class ConfigError(ValueError):
 
 def setting(default: Any, help: str, *, minimum: float | None = None, above: float | None = None,
             choices: Sequence[str] | None = None, why: str = "", resumable: bool = False, swept: bool = False,
-            flag: bool = True, saved: bool = True) -> Any:
+            flag: bool = True, saved: bool = True, flag_default: Any = dataclasses.MISSING) -> Any:
     """A dataclass field that is also a command-line flag.
 
     Args:
@@ -45,10 +56,12 @@ def setting(default: Any, help: str, *, minimum: float | None = None, above: flo
       swept: ``train.sweep`` sets it per run, so the sweep has no flag of its own for it.
       flag: False for fields that are not command-line flags.
       saved: False for fields left out of config.json (they do not define the run).
+      flag_default: the flag's default when it differs from the field's (the library's) default.
     """
     return dataclasses.field(default=default, metadata=dict(
         help=help, minimum=minimum, above=above, choices=tuple(choices) if choices else None, why=why,
-        resumable=resumable, swept=swept, flag=flag, saved=saved))
+        resumable=resumable, swept=swept, flag=flag, saved=saved,
+        flag_default=default if flag_default is dataclasses.MISSING else flag_default))
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:
@@ -88,6 +101,11 @@ class TrainConfig(Settings):
                                                  "half size).")
     arch: str = setting("auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn or resnet_small.")
     cut: str = setting("auto", "The last block on the client (auto: the architecture's default).", swept=True)
+    defence: str = setting("plain", "recommended: for orl_faces and fashion_mnist, when no defence flag (--cut, "
+                           "--bottleneck, --alpha*, --adversary_*, --noise*, --client_width) is given, train the "
+                           "protective defence measured for the dataset (nopeek_tf.config.RECOMMENDED_DEFENCE; "
+                           "README, Leakage); plain: every flag's own default.", choices=DEFENCES, swept=True,
+                           flag_default="recommended")
     client_width: float = setting(1.0, "Multiply the filters and units of the client's blocks by this (e.g. 0.25 "
                                   "narrows what the client sends; the server keeps its width).", above=0)
     bottleneck: int = setting(0, "End the client with a linear layer to this many channels (a 1x1 convolution; "
@@ -153,6 +171,40 @@ class TrainConfig(Settings):
                     models.resolve_cut(self.arch, self.cut)
                 except ValueError as error:
                     raise ConfigError(f"--cut: {error}") from None
+
+    def with_defence(self, given: Iterable[str] | None = None) -> "TrainConfig":
+        """Applies the dataset's recommended defence if ``defence`` is "recommended" and no defence setting was given.
+
+        Args:
+          given: the settings given on the command line; None: those that differ from their defaults.
+
+        Returns:
+          The config with the recommendation's settings, or with ``defence="plain"`` when a defence
+          setting was given or the dataset has no measured recommendation. Applying it twice changes nothing.
+        """
+        recommended = RECOMMENDED_DEFENCE.get(self.dataset)
+        if self.defence != "recommended" or recommended is None:
+            return dataclasses.replace(self, defence="plain")
+        if all(getattr(self, name) == value for name, value in recommended.items()):
+            return self
+        defaults = type(self)()
+        given = set(given) if given is not None else {
+            name for name in DEFENCE_FIELDS if getattr(self, name) != getattr(defaults, name)}
+        if given & set(DEFENCE_FIELDS):
+            return dataclasses.replace(self, defence="plain")
+        return dataclasses.replace(self, **recommended)
+
+    def defence_summary(self) -> str:
+        """One line: the recommended defence this config trains, or how to get it."""
+        recommended = RECOMMENDED_DEFENCE.get(self.dataset)
+        if recommended is None:
+            return f"defence: no measured recommendation for {self.dataset}; training the flags as given"
+        flags_text = " ".join(f"--{name}={value:g}" if isinstance(value, float) else f"--{name}={value}"
+                              for name, value in recommended.items())
+        if self.defence == "recommended":
+            return (f"defence: the recommended one for {self.dataset} ({flags_text}; README, Leakage); "
+                    "--defence=plain trains the flags' own defaults")
+        return f"defence: as given (the recommended one for {self.dataset}: {flags_text})"
 
     def with_arch(self, image_shape: Sequence[int]) -> "TrainConfig":
         """Replaces arch/cut "auto" with the dataset's default architecture and its default cut."""
@@ -259,7 +311,7 @@ def define_flags(config_class, include_swept: bool = True, flag_values=None) -> 
         help_text = field.metadata["help"]
         if field.metadata.get("choices"):
             help_text += f" One of: {', '.join(field.metadata['choices'])}."
-        default = field.default
+        default = field.metadata["flag_default"]
         if kind == "size" and default is not None:
             default = "x".join(str(part) for part in default)
         elif kind in ("list", "floats") and default is not None:
@@ -299,6 +351,14 @@ def from_flags(config_class, base=None, flag_values=None, **overrides):
             value = _floats(name, value)
         values[name] = value
     return config_class(**values, **overrides) if base is None else dataclasses.replace(base, **values, **overrides)
+
+
+def given_flags(config_class, flag_values=None) -> set[str]:
+    """The flag fields of ``config_class`` given on the command line."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    return {name for name in flag_fields(config_class) if name in flag_values and flag_values[name].present}
 
 
 def _floats(name: str, texts: Sequence[str] | None) -> tuple[float, ...]:

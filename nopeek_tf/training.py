@@ -57,7 +57,9 @@ def describe(run: Run, split: models.SplitModel) -> str:
 
 
 def start_run(config: TrainConfig, model_dir: str | None) -> Run:
-    """Checks the settings, makes the strategy, loads the data, resolves arch/cut and prepares the model dir."""
+    """Applies the recommended defence if asked, checks the settings, makes the strategy, loads the data,
+    resolves arch/cut and prepares the model dir."""
+    config = config.with_defence()
     config.validate()
     strategy = distribute.make_strategy(config)  # first: multi-worker set-up must precede other TensorFlow work
     chief = distribute.is_chief(strategy)

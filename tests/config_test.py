@@ -34,8 +34,37 @@ def test_every_train_field_is_a_flag_of_train_and_sweep_and_saved_in_config_json
             continue
         assert field.name in train_flags and field.name in saved, field.name
         assert (field.name in sweep_flags) != field.metadata["swept"], field.name
-    assert {"cut", "alpha", "noise", "noise_scale", "adversary_weight"} == {
+    assert {"cut", "defence", "alpha", "noise", "noise_scale", "adversary_weight"} == {
         f.name for f in dataclasses.fields(config_lib.TrainConfig) if f.metadata["swept"]}
+
+
+@pytest.mark.parametrize("argv, defence, cut, bottleneck, alpha", [
+    (["--dataset=fashion_mnist"], "recommended", "dense", 8, 0.0),
+    (["--dataset=orl_faces", "--epochs=3"], "recommended", "dense", 16, 0.0),
+    (["--dataset=fashion_mnist", "--alpha=1"], "plain", "auto", 0, 1.0),  # a defence flag: the user's defence
+    (["--dataset=fashion_mnist", "--cut=conv2"], "plain", "conv2", 0, 1.0),
+    (["--dataset=fashion_mnist", "--defence=plain"], "plain", "auto", 0, 1.0),
+    (["--dataset=mnist"], "plain", "auto", 0, 1.0),  # no measured recommendation
+])
+def test_train_flags_take_the_recommended_defence_unless_a_defence_flag_is_given(
+        argv, defence, cut, bottleneck, alpha):
+    flag_values = _flag_values(config_lib.TrainConfig)
+    flag_values(["prog", *argv])
+    config = config_lib.from_flags(config_lib.TrainConfig, flag_values=flag_values).with_defence(
+        config_lib.given_flags(config_lib.TrainConfig, flag_values))
+    assert (config.defence, config.cut, config.bottleneck, config.alpha) == (defence, cut, bottleneck, alpha)
+    assert config.with_defence() == config  # train_and_evaluate applies it again: no change
+    assert config.to_json()["defence"] == defence
+    if defence == "recommended":
+        assert "--defence=plain" in config.defence_summary()
+
+
+def test_library_configs_are_plain_unless_they_ask():
+    assert config_lib.TrainConfig(dataset="fashion_mnist").with_defence().defence == "plain"
+    asked = config_lib.TrainConfig(dataset="fashion_mnist", defence="recommended", epochs=2)
+    assert asked.with_defence() == dataclasses.replace(asked, **config_lib.RECOMMENDED_DEFENCE["fashion_mnist"])
+    assert config_lib.TrainConfig(dataset="fashion_mnist", defence="recommended", alpha=3).with_defence() == \
+        config_lib.TrainConfig(dataset="fashion_mnist", alpha=3)
 
 
 def test_flags_parse_into_the_config_with_types_and_defaults():

