@@ -293,12 +293,13 @@ def _recognized(recognizer: keras.Model | None, reconstructions: np.ndarray, lab
 
 
 def run_attacks(data: AttackInput, budget: AttackBudget | None = None, attacks: Sequence[str] = ATTACKS,
-                seed: int = 0) -> LeakageReport:
+                seed: int = 0, progress: Callable[[str], None] | None = None) -> LeakageReport:
     """Runs the reconstruction attacks on a client and scores them on the same held-out test images.
 
     The test split is divided with ``seed``: ``budget.leaked_fraction`` of it is
     the leaked-pairs attacker's training data; every attack is scored on the
     rest (the inversion on at most ``budget.inversion_images`` of them).
+    ``progress``, if given, gets one line as each attack finishes (they take minutes at the full budget).
 
     Returns:
       A :class:`LeakageReport`; ``report.worst`` is the leakage figure.
@@ -328,6 +329,8 @@ def run_attacks(data: AttackInput, budget: AttackBudget | None = None, attacks: 
                               len(indices), budget_text, pairs, epochs, round(time.time() - started, 1),
                               reconstructions)
         results.append(result)
+        if progress is not None and name != "label_only":
+            progress(f"  {name}: SSIM {ssim:.3f} after {result.seconds:.0f} s")
         return result
 
     def decode(name: str, activations: np.ndarray, images: np.ndarray, source: str, family: str = "upsampling",

@@ -14,6 +14,7 @@ and :func:`attack_model_dir`. Writes, beside the model (for an exported client
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -100,7 +101,8 @@ def write_report(model_dir: str, result: dict, report: attacks.LeakageReport, te
 
 def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.Model | None = None,
                      tflite: str | None = None, budget: AttackBudget | None = None, seed: int = 0,
-                     write: bool = True) -> tuple[dict, attacks.LeakageReport]:
+                     write: bool = True, progress: Callable[[str], None] | None = None
+                     ) -> tuple[dict, attacks.LeakageReport]:
     """Attacks the client of ``model_dir`` on ``attack_data``.
 
     Args:
@@ -111,6 +113,7 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.
       budget: the attacks' budget (None: its defaults).
       seed: splits the test images into leaked and scored ones.
       write: write the report files (:func:`write_report`) to ``model_dir``.
+      progress: gets one line as each attack finishes (``print``, say), or None.
 
     Returns:
       (the leakage.json content, the attacks' LeakageReport).
@@ -126,7 +129,7 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.
         client=client, client_model=split.client, train_images=attack_data.train_images,
         test_images=attack_data.test_images, test_labels=attack_data.test_labels, recognizer=recognizer,
         train_labels=attack_data.train_labels, test_predicted=predicted_classes(split, test_activations)),
-        budget, seed=seed)
+        budget, seed=seed, progress=progress)
     test_dcor, dcor_batch_size = mean_batch_dcor(attack_data.test_images, test_activations,
                                                  metrics["dcor_batch_size"])
     result = {**report.to_json(), "client": variant, "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size,
@@ -139,7 +142,8 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.
 
 
 def evaluate_leakage(model_dir: str, tflite: str | None = None, budget: AttackBudget | None = None,
-                     evaluation: EvaluationConfig | None = None) -> dict:
+                     evaluation: EvaluationConfig | None = None,
+                     progress: Callable[[str], None] | None = None) -> dict:
     """Attacks the client of ``model_dir`` (its own recogniser and data) and writes the report files.
 
     Raises:
@@ -152,7 +156,8 @@ def evaluate_leakage(model_dir: str, tflite: str | None = None, budget: AttackBu
                                    evaluation.train_images, evaluation.test_images)
     recognizer = train_recognizer(metrics, attack_data.train_images, attack_data.train_labels,
                                   evaluation.recognizer_epochs)
-    return attack_model_dir(model_dir, attack_data, recognizer, tflite, budget, evaluation.attack_seed)[0]
+    return attack_model_dir(model_dir, attack_data, recognizer, tflite, budget, evaluation.attack_seed,
+                            progress=progress)[0]
 
 
 def result_lines(result: dict) -> list[str]:

@@ -260,7 +260,7 @@ def run_sweep(settings: SweepSettings, defences: list[Defence] | None = None, lo
                                                          images.recognizer_epochs)
             log(f"{step}: attacking")
             result, _ = evaluation.attack_model_dir(model_dir, attack_data, recognizer, budget=budget,
-                                                    seed=images.attack_seed)
+                                                    seed=images.attack_seed, progress=log)
             keras.backend.clear_session()
         else:
             log(f"{step}: reusing {model_dir_lib.LEAKAGE_FILE}")

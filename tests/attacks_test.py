@@ -77,9 +77,12 @@ def test_each_attack_inverts_an_identity_client_and_not_a_constant_one():
     budget = attacks.AttackBudget(decoder_epochs=12, decoder_batch_size=16, decoder_width=16, inversion_images=8,
                                   inversion_steps=100, inversion_learning_rate=0.1, inversion_tv_weight=0.0)
     shared = dict(train_images=train_x, test_images=test_x, test_labels=test_y, train_labels=train_y)
-    report = attacks.run_attacks(attacks.AttackInput(client=lambda x: x, client_model=identity, **shared), budget)
+    progress = []
+    report = attacks.run_attacks(attacks.AttackInput(client=lambda x: x, client_model=identity, **shared), budget,
+                                 progress=progress.append)
     by_name = {r.attack: r.ssim for r in report.results}
     assert set(by_name) == set(attacks.ATTACKS)
+    assert [line.split(":")[0].strip() for line in progress] == [r.attack for r in report.results]  # one per attack
     assert min(by_name.values()) > 0.85, by_name
     assert by_name["inversion"] > 0.99
 

@@ -63,7 +63,8 @@ def main(argv):
                                          base=config_lib.QUICK_EVALUATION if FLAGS.quick else None)
         budget.validate()
         settings.validate()
-        result = evaluation.evaluate_leakage(FLAGS.model_dir, FLAGS.tflite, budget, settings)
+        result = evaluation.evaluate_leakage(FLAGS.model_dir, FLAGS.tflite, budget, settings,
+                                             progress=lambda line: print(line, flush=True))
     except (config_lib.ConfigError, DatasetError, model_dir_lib.ModelDirError) as error:
         sys.exit(f"error: {error}")
     print("\n".join(evaluation.result_lines(result)))
