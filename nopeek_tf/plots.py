@@ -1,4 +1,4 @@
-"""The pictures a run writes: image grids of reconstructions, and the privacy-utility plot."""
+"""The pictures a run writes: image grids of reconstructions, the privacy-utility plot and the frontier."""
 
 from __future__ import annotations
 
@@ -89,3 +89,44 @@ def save_privacy_utility(path: str, rows: list[dict], title: str) -> None:
     with files.atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=110)
     plt.close(figure)
+
+
+def save_frontier(path: str, rows: list[dict], title: str) -> None:
+    """Test accuracy against excess leakage over the label-only floor, one marker per cut.
+
+    Args:
+      path: the PNG to write (atomically).
+      rows: rows of :func:`nopeek_tf.frontier.frontier_row` (``cut``, ``defence``, ``test_accuracy``,
+        ``excess_ssim``, ``activation_bytes_int8``, ``client_flops_share``).
+      title: the figure's title.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 5))
+    markers = dict(zip(dict.fromkeys(row["cut"] for row in rows), "osD^v<>p"))
+    for cut, marker in markers.items():
+        members = [row for row in rows if row["cut"] == cut]
+        share = members[0]["client_flops_share"]
+        label = f"cut {cut}" + ("" if share is None else f" (client runs {share_text(share)} of the FLOPs)")
+        points = axis.scatter([row["excess_ssim"] for row in members], [row["test_accuracy"] for row in members],
+                              marker=marker, s=50, label=label)
+        for row in members:
+            note = (row["defence"] or "undefended").replace("--", "")
+            if row["activation_bytes_int8"] is not None:
+                note += f"; {row['activation_bytes_int8']:,} B"
+            axis.annotate(note, (row["excess_ssim"], row["test_accuracy"]), fontsize=7, textcoords="offset points",
+                          xytext=(4, 3), color=points.get_facecolor()[0])
+    axis.axvline(0.0, color="grey", linestyle=":", label="label-only floor (the class shows, nothing more)")
+    axis.set_xlabel("excess leakage: worst attack's SSIM minus the label-only floor's (lower = more private)")
+    axis.set_ylabel("test accuracy")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    axis.set_title(title)
+    figure.tight_layout()
+    with files.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+
+
+def share_text(share: float) -> str:
+    """A share as a percentage: "65%", and "99.9%" rather than a rounded "100%" near the top."""
+    return f"{100 * share:.1f}%" if share > 0.99 else f"{100 * share:.0f}%"

@@ -79,6 +79,41 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--plot_with"):
         sweep.load_rows(str(tmp_path / "never_ran"))
     assert "| conv2_uniform1 |" in sweep.markdown_table(rows)
+    _check_frontier_of(workdir, rows, tmp_path)
+
+
+def _check_frontier_of(workdir, rows, tmp_path):
+    """train.frontier over the sweep's model dirs: the files, the rows, and commands that give the same config."""
+    from absl import flags
+
+    from nopeek_tf import config as config_lib
+
+    run_dirs = [os.path.join(workdir, row["run"]) for row in rows]
+    out_dir = tmp_path / "frontier"
+    result = subprocess.run([sys.executable, "-m", "train.frontier", f"--out_dir={out_dir}", *run_dirs],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    table = (out_dir / "frontier.md").read_text()
+    assert "| conv2 | undefended |" in table and "| conv2 | --noise=uniform --noise_scale=1 |" in table
+    for row in rows:
+        assert f"{row['excess_ssim']:+.3f}" in table and f"{row['worst_ssim']:.3f}" in table
+    for picture in ("frontier.png", "reconstructions.png"):
+        assert os.path.getsize(out_dir / picture) > 10_000
+    commands = [line.split() for line in table.splitlines() if line.strip().startswith("python -m train.train")]
+    assert len(commands) == len(rows)
+    for command, run_dir in zip(commands, run_dirs):
+        flag_values = flags.FlagValues()
+        config_lib.define_flags(config_lib.TrainConfig, flag_values=flag_values)
+        flag_values(["prog", *(part for part in command[3:] if not part.startswith("--model_dir"))])
+        again = config_lib.from_flags(config_lib.TrainConfig, flag_values=flag_values)
+        saved = json.load(open(os.path.join(run_dir, "config.json")))
+        for name in (*config_lib.DEFENCE_FIELDS, "epochs", "batch_size", "image_size", "dataset"):
+            assert again.to_json()[name] == saved[name], (run_dir, name)
+
+    missing = subprocess.run([sys.executable, "-m", "train.frontier", f"--out_dir={out_dir}", str(tmp_path)],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and missing.stderr.strip().startswith("error: ")
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 def test_bad_sweep_flags_end_with_one_line(tmp_path):
