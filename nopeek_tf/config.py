@@ -30,8 +30,8 @@ DEFENCE_FIELDS = ("cut", "client_width", "bottleneck", "alpha", "alpha_warmup_ep
 # The protective defence measured for each offline dataset (README, "Leakage: the frontier"): train.train
 # uses it unless --defence=plain or a defence flag is given.
 RECOMMENDED_DEFENCE: dict[str, dict[str, Any]] = {
-    "fashion_mnist": dict(cut="dense", bottleneck=8, alpha=0.0),
-    "orl_faces": dict(cut="dense", bottleneck=16, alpha=0.0),
+    "fashion_mnist": dict(cut="dense", bottleneck=8, alpha=0.0, adversary_weight=1.0, adversary_label_aware=True),
+    "orl_faces": dict(cut="dense", bottleneck=32, alpha=0.0),
 }
 DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
 
@@ -199,8 +199,7 @@ class TrainConfig(Settings):
         recommended = RECOMMENDED_DEFENCE.get(self.dataset)
         if recommended is None:
             return f"defence: no measured recommendation for {self.dataset}; training the flags as given"
-        flags_text = " ".join(f"--{name}={value:g}" if isinstance(value, float) else f"--{name}={value}"
-                              for name, value in recommended.items())
+        flags_text = " ".join(flag_text(name, value) for name, value in recommended.items())
         if self.defence == "recommended":
             return (f"defence: the recommended one for {self.dataset} ({flags_text}; README, Leakage); "
                     "--defence=plain trains the flags' own defaults")
@@ -216,6 +215,15 @@ class TrainConfig(Settings):
         except ValueError as error:
             raise ConfigError(f"--cut: {error}") from None
         return dataclasses.replace(self, arch=arch, cut=cut)
+
+
+def flag_text(name: str, value: Any) -> str:
+    """A setting as its command-line flag: ``--alpha=3``, ``--adversary_label_aware``, ``--image_size=56x46``."""
+    if value is True or value is False:
+        return f"--{'' if value else 'no'}{name}"
+    if isinstance(value, (list, tuple)):
+        value = "x".join(str(part) for part in value) if name == "image_size" else ",".join(map(str, value))
+    return f"--{name}={value:g}" if isinstance(value, float) else f"--{name}={value}"
 
 
 def default_arch(dataset: str, image_shape: Sequence[int] | None = None) -> str | None:

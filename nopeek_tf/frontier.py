@@ -86,10 +86,7 @@ def _flags(values: dict, defaults) -> str:
     for name, value in values.items():
         if defaults is not None and value == getattr(defaults, name, None):
             continue
-        if isinstance(value, (list, tuple)):
-            value = "x".join(str(part) for part in value)
-        parts.append(f"--{name}" if value is True else f"--no{name}" if value is False
-                     else f"--{name}={value:g}" if isinstance(value, float) else f"--{name}={value}")
+        parts.append(config_lib.flag_text(name, value))
     return " ".join(parts)
 
 

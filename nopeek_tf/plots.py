@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -128,5 +129,5 @@ def save_frontier(path: str, rows: list[dict], title: str) -> None:
 
 
 def share_text(share: float) -> str:
-    """A share as a percentage: "65%", and "99.9%" rather than a rounded "100%" near the top."""
-    return f"{100 * share:.1f}%" if share > 0.99 else f"{100 * share:.0f}%"
+    """A share as a percentage: "65%", and "99.9%" (rounded down) rather than "100%" near the top."""
+    return f"{math.floor(1000 * share) / 10:.1f}%" if share > 0.99 else f"{100 * share:.0f}%"

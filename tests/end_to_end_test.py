@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from export.export import EXCESS_WARNING
 from nopeek_tf import config as config_lib
 from nopeek_tf import training
 from tests.conftest import REPO_ROOT
@@ -13,7 +14,7 @@ from tests.conftest import REPO_ROOT
 
 @pytest.mark.slow
 def test_quick_start(tmp_path):
-    """The README's main job: train NoPeek on ORL, export, serve, classify on the edge client."""
+    """The README's main job: train ORL with the recommended defence, attack, export, serve, classify on the edge."""
     from nopeek_tf.distribute import free_ports
 
     run_dir = tmp_path / "run"
@@ -28,9 +29,15 @@ def test_quick_start(tmp_path):
     assert json.loads((run_dir / "export" / "client" / "manifest.json").read_text())["privacy"]["excess_ssim"] \
         is not None
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["dataset"] == "orl_faces" and metrics["alpha"] > 0
+    recommended = config_lib.RECOMMENDED_DEFENCE["orl_faces"]
+    assert metrics["dataset"] == "orl_faces" and metrics["defence"] == "recommended"
+    assert {name: metrics[name] for name in recommended} == recommended
     assert metrics["test_accuracy"] > 0.8  # 40 people: chance is 0.025
-    assert metrics["test_dcor"] < 0.95  # without NoPeek it stays above 0.99
+    # The quick start ships a protected client: the exporter does not warn, its card's excess is within the line.
+    verdicts = [line for line in (result.stdout + result.stderr).splitlines() if "privacy card: worst attack" in line]
+    assert verdicts and not any(line.startswith("warning:") for line in verdicts), verdicts
+    card = json.loads((run_dir / "export" / "client" / "manifest.json").read_text())["privacy"]
+    assert card["excess_ssim"] <= EXCESS_WARNING, card
     assert "20 images via grpc (int8 client)" in result.stdout
     assert "10 images via rest (float32 client)" in result.stdout
     predicted = [line.split(": ")[1].split(" ")[0] for line in result.stdout.splitlines() if ".pgm: " in line]
