@@ -97,7 +97,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
              + " | worst SSIM | floor | **excess** | bytes sent (int8 / float32) | client's FLOPs |",
              "|---|---|---|" + "---|" * len(attack_names) + "---|---|---|---|---|"]
     for row in rows:
-        excess = "-" if row["excess_ssim"] is None else f"**{row['excess_ssim']:+.3f}**"
+        excess = "-" if row["excess_ssim"] is None else f"**{round(row['excess_ssim'], 3) + 0.0:+.3f}**"
         floor = "-" if row["floor_ssim"] is None else f"{row['floor_ssim']:.3f}"
         share = "-" if row["client_flops_share"] is None else plots.share_text(row["client_flops_share"])
         sizes = "-" if row["activation_bytes_int8"] is None else (
