@@ -39,7 +39,7 @@ def test_every_train_field_is_a_flag_of_train_and_sweep_and_saved_in_config_json
 
 
 @pytest.mark.parametrize("argv, defence, cut, bottleneck, alpha", [
-    (["--dataset=fashion_mnist"], "recommended", "dense", 8, 0.0),
+    (["--dataset=fashion_mnist"], "recommended", "dense", 4, 0.0),
     (["--dataset=orl_faces", "--epochs=3"], "recommended", "dense", 32, 0.0),
     (["--dataset=fashion_mnist", "--alpha=1"], "plain", "auto", 0, 1.0),  # a defence flag: the user's defence
     (["--dataset=fashion_mnist", "--cut=conv2"], "plain", "conv2", 0, 1.0),
