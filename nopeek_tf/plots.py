@@ -111,7 +111,7 @@ def save_frontier(path: str, rows: list[dict], title: str) -> None:
         points = axis.scatter([row["excess_ssim"] for row in members], [row["test_accuracy"] for row in members],
                               marker=marker, s=50, label=label)
         for row in members:
-            note = (row["defence"] or "undefended").replace("--", "")
+            note = _short_defence(row["defence"])
             if row["activation_bytes_int8"] is not None:
                 note += f"; {row['activation_bytes_int8']:,} B"
             axis.annotate(note, (row["excess_ssim"], row["test_accuracy"]), fontsize=7, textcoords="offset points",
@@ -126,6 +126,17 @@ def save_frontier(path: str, rows: list[dict], title: str) -> None:
     with files.atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=110)
     plt.close(figure)
+
+
+_SHORT_FLAGS = (("--adversary_label_aware", "label-aware"), ("--adversary_weight=", "adversary "),
+                ("--bottleneck=", "bottleneck "), ("--noise_scale=", "x"), ("--noise=", ""), ("--", ""))
+
+
+def _short_defence(flags_text: str) -> str:
+    """A plot label for a row's defence flags: "bottleneck 4 adversary 1 label-aware"."""
+    for long, short in _SHORT_FLAGS:
+        flags_text = flags_text.replace(long, short)
+    return flags_text or "undefended"
 
 
 def share_text(share: float) -> str:
