@@ -25,7 +25,6 @@ records the result in the manifest.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -229,11 +228,9 @@ def _load_trained(model_dir: str):
 
 def privacy_card(model_dir: str) -> dict | None:
     """What the client leaks, from <model_dir>/leakage.json (python -m train.leakage), or None."""
-    path = os.path.join(model_dir, model_dir_lib.LEAKAGE_FILE)
-    if not os.path.exists(path):
+    leakage = model_dir_lib.read_leakage(model_dir)
+    if leakage is None:
         return None
-    with open(path) as f:
-        leakage = json.load(f)
     card = {key: leakage.get(key) for key in ("worst_attack", "worst_ssim", "worst_psnr", "floor_ssim",
                                               "excess_ssim", "test_dcor", "dcor_batch_size", "client")}
     card["budget"] = {"train_images": leakage.get("train_images"), "test_images": leakage.get("test_images"),

@@ -11,12 +11,11 @@ network's FLOPs, and the ``train.train`` command that reproduces the model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 
 from nopeek_tf import config as config_lib
-from nopeek_tf import files, plots
+from nopeek_tf import files, plots, sweep
 from nopeek_tf import model_dir as model_dir_lib
 
 TABLE_FILE = "frontier.md"
@@ -32,12 +31,10 @@ def frontier_row(model_dir: str, leakage_name: str = model_dir_lib.LEAKAGE_FILE)
       nopeek_tf.model_dir.ModelDirError: no trained model or no ``leakage_name`` in ``model_dir``.
     """
     metrics = model_dir_lib.read_metrics(model_dir)
-    path = os.path.join(model_dir, leakage_name)
-    if not os.path.exists(path):
+    leakage = model_dir_lib.read_leakage(model_dir, leakage_name)
+    if leakage is None:
         raise model_dir_lib.ModelDirError(f"{model_dir} has no {leakage_name}: run python -m train.leakage "
                                           f"--model_dir={model_dir} first")
-    with open(path) as f:
-        leakage = json.load(f)
     attacks = {attack["attack"]: attack for attack in leakage["attacks"]}
     budget = leakage["budget"]
     return {
@@ -122,8 +119,6 @@ def write_frontier(model_dirs: Sequence[str], out_dir: str, title: str,
     Returns:
       The rows.
     """
-    from nopeek_tf import sweep
-
     rows = [frontier_row(model_dir, leakage_name) for model_dir in model_dirs]
     os.makedirs(out_dir, exist_ok=True)
     budgets = sorted({row["budget"] for row in rows})

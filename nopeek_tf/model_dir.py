@@ -63,6 +63,15 @@ def leakage_file(model_dir: str, variant: str = "keras", name: str = LEAKAGE_FIL
     return os.path.join(model_dir, f"{root}{suffix}{extension}")
 
 
+def read_leakage(model_dir: str, name: str = LEAKAGE_FILE) -> dict | None:
+    """The leakage report ``name`` (``leakage.json``: the Keras client's) in ``model_dir``, or None if there is none."""
+    path = os.path.join(model_dir, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def default_path(config: TrainConfig) -> str:
     """runs/<dataset>_<arch>_<cut>_alpha<alpha>, with _width<client_width> when it is not 1 and
     _bottleneck<channels> with a bottleneck."""

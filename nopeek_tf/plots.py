@@ -19,6 +19,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, path: str, dpi: int, pad: float = 1.08) -> None:
+    """Lays ``figure`` out, writes it to ``path`` atomically and frees it."""
+    figure.tight_layout(pad=pad)
+    with files.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=dpi)
+    plt.close(figure)
+
+
 def save_image_grid(path: str, rows: dict[str, np.ndarray], group_titles: Sequence[str] = (),
                     cell_inches: tuple[float, float] = (1.0, 1.1)) -> None:
     """Writes a PNG with one labelled row of images per entry of ``rows``.
@@ -46,10 +54,7 @@ def save_image_grid(path: str, rows: dict[str, np.ndarray], group_titles: Sequen
             if row_index == 0 and group_titles and column % group_size == 0:
                 axis.set_title(group_titles[column // group_size], fontsize=8, loc="left")
         axes[row_index][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    figure.tight_layout(pad=0.3)
-    with files.atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+    _save(plt, figure, path, dpi=100, pad=0.3)
 
 
 def save_privacy_utility(path: str, rows: list[dict], title: str) -> None:
@@ -86,10 +91,7 @@ def save_privacy_utility(path: str, rows: list[dict], title: str) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     figure.suptitle(title)
-    figure.tight_layout()
-    with files.atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, path, dpi=110)
 
 
 def save_frontier(path: str, rows: list[dict], title: str) -> None:
@@ -122,10 +124,7 @@ def save_frontier(path: str, rows: list[dict], title: str) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="best")
     axis.set_title(title)
-    figure.tight_layout()
-    with files.atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, path, dpi=110)
 
 
 _SHORT_FLAGS = (("--adversary_label_aware", "label-aware"), ("--adversary_weight=", "adversary "),

@@ -159,19 +159,16 @@ def finished_metrics(model_dir: str, config: TrainConfig) -> dict | None:
 
 def reusable_leakage(model_dir: str, budget: AttackBudget, evaluation: EvaluationConfig) -> dict | None:
     """The Keras client's leakage.json if it was written after the model with the same budget and images."""
-    path = model_dir_lib.leakage_file(model_dir)
-    npz = os.path.join(model_dir, model_dir_lib.RECONSTRUCTIONS_FILE)
-    if not (os.path.exists(path) and os.path.exists(npz)):
+    result = model_dir_lib.read_leakage(model_dir)
+    if result is None or not os.path.exists(os.path.join(model_dir, model_dir_lib.RECONSTRUCTIONS_FILE)):
         return None
-    with open(path) as f:
-        result = json.load(f)
     from nopeek_tf.attacks import ATTACKS
 
     same = (result.get("budget") == dataclasses.asdict(budget) and result.get("client") == "keras"
             and {attack["attack"] for attack in result.get("attacks", [])} == set(ATTACKS)
             and result.get("train_images") == (evaluation.train_images or result.get("train_images"))
             and result.get("test_images") == evaluation.test_images and result.get("seed") == evaluation.attack_seed)
-    if same and os.path.getmtime(path) >= os.path.getmtime(os.path.join(model_dir, model_dir_lib.MODEL_FILE)):
+    if same and os.path.getmtime(model_dir_lib.leakage_file(model_dir)) >= os.path.getmtime(os.path.join(model_dir, model_dir_lib.MODEL_FILE)):
         return result
     return None
 
