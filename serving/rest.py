@@ -1,38 +1,32 @@
 """TF Serving's REST API on aiohttp: predict (row and columnar), model status and metadata.
 
-Routes, as TF Serving documents them:
+Routes, as TF Serving documents and matches them (case-insensitive):
 
-  POST /v1/models/NAME[/versions/N]:predict   {"signature_name": ..., "instances": [...]}
-                                              or {"signature_name": ..., "inputs": ...}
-  GET  /v1/models/NAME[/versions/N]            model status
-  GET  /v1/models/NAME[/versions/N]/metadata   signature defs
+  POST /v1/models/NAME[/versions/N | /labels/L]:predict   {"signature_name": ..., "instances": [...]}
+                                                          or {"signature_name": ..., "inputs": ...}
+  GET  /v1/models/NAME[/versions/N | /labels/L]           model status (every version seen)
+  GET  /v1/models/NAME[/versions/N | /labels/L]/metadata  signature defs
 
-Errors are ``{"error": "..."}`` with a 4xx status; the server keeps serving.
+Errors are ``{"error": "..."}`` with TF Serving's status (a URL it does not
+route is 400 "Malformed request: METHOD PATH"); the server keeps serving.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import re
 from typing import Any
 
 import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
+from serving.batching import Predictor
 from serving.servables import ModelManager, ServingError
-
-NAME = r"{name:[^/:]+}"
-VERSION = r"{version:\d+}"
 
 
 def _error(message: str, status: int) -> web.Response:
     return web.json_response({"error": message}, status=status)
-
-
-def _version(request: web.Request) -> int | None:
-    version = request.match_info.get("version")
-    return int(version) if version is not None else None
 
 
 def _as_array(value: Any, spec, key: str) -> np.ndarray:
@@ -106,48 +100,77 @@ def format_predict_response(outputs: dict[str, np.ndarray], row_format: bool) ->
     return {"outputs": {key: value.tolist() for key, value in outputs.items()}}
 
 
-def make_app(manager: ModelManager, max_body_bytes: int, middlewares=()) -> web.Application:
-    """The aiohttp application serving ``manager``'s models."""
+# TF Serving's routes (model_servers/http_rest_api_util.cc), matched whole and case-insensitively.
+PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+                          re.IGNORECASE)
+STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+                         re.IGNORECASE)
 
-    async def predict(request: web.Request) -> web.Response:
+
+def make_app(manager: ModelManager, max_body_bytes: int, middlewares=(),
+             predictor: Predictor | None = None) -> web.Application:
+    """The aiohttp application serving ``manager``'s models (batched if ``predictor`` batches)."""
+    predictor = predictor or Predictor()
+
+    async def predict(request: web.Request, name: str, version: int | None, label: str | None,
+                      method: str) -> web.Response:
+        if method.lower() != "predict":
+            # As TF Serving answers :classify/:regress on a model whose signatures are all predict ones.
+            raise ServingError(f"Expected {method.lower()} signature method_name to be "
+                               f"tensorflow/serving/{method.lower()}. Was: tensorflow/serving/predict")
         try:
             body = await request.json()
         except web.HTTPRequestEntityTooLarge:
             raise
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
-            return _error(f"the request body is not valid JSON: {error}", 400)
-        try:
-            loaded = manager.get(request.match_info["name"], _version(request))
-            signature_name = body.get("signature_name") if isinstance(body, dict) else None
-            inputs, row_format = parse_predict_body(body, loaded.input_specs(signature_name))
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(None, loaded.predict, signature_name, inputs)
-        except ServingError as error:
-            return _error(str(error), error.http_status)
+            raise ServingError(f"the request body is not valid JSON: {error}") from None
+        loaded = manager.get(name, version, label)
+        signature_name = body.get("signature_name") if isinstance(body, dict) else None
+        inputs, row_format = parse_predict_body(body, loaded.input_specs(signature_name))
+        outputs = await predictor.predict(loaded, signature_name, inputs)
         return web.json_response(format_predict_response(outputs, row_format))
 
-    async def status(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        try:
-            version = _version(request)
-            versions = [manager.get(name, version).version] if version is not None else manager.versions(name)
-        except ServingError as error:
-            return _error(str(error), error.http_status)
+    def status(name: str, version: int | None) -> web.Response:
         return web.json_response({"model_version_status": [
-            {"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-            for v in versions]})
+            {"version": str(v), "state": state,
+             "status": {"error_code": "UNKNOWN" if error else "OK", "error_message": error}}
+            for v, state, error in manager.status(name, version)]})
 
-    async def metadata(request: web.Request) -> web.Response:
-        try:
-            loaded = manager.get(request.match_info["name"], _version(request))
-        except ServingError as error:
-            return _error(str(error), error.http_status)
+    def metadata(name: str, version: int | None, label: str | None) -> web.Response:
+        loaded = manager.get(name, version, label)
         signature_defs = {key: json_format.MessageToDict(value, preserving_proto_field_name=True)
                           for key, value in loaded.signature_defs.items()}
         return web.json_response({
             "model_spec": {"name": loaded.name, "signature_name": "", "version": str(loaded.version)},
             "metadata": {"signature_def": {"signature_def": signature_defs}},
         })
+
+    async def dispatch(request: web.Request) -> web.Response:
+        """Every /v1/ request, routed as TF Serving routes it; anything else is a 400 "Malformed request"."""
+        path = request.path
+        if not path.lower().startswith("/v1/"):
+            return _error(f"not found: {path} (TF Serving's REST API is under /v1/)", 404)
+        try:
+            match = (PREDICT_PATH.fullmatch(path) if request.method == "POST" else
+                     STATUS_PATH.fullmatch(path) if request.method == "GET" else None)
+            if match is None:
+                raise ServingError(f"Malformed request: {request.method} {path}")
+            name, version_text, label, last = match.groups()
+            name = name or ""
+            version = int(version_text) if version_text else None
+            if version is not None and label:
+                raise ServingError(f"Both model version ({version}) and model version label ({label}) "
+                                   f"cannot be supplied.")
+            if request.method == "POST":
+                return await predict(request, name, version, label, last)
+            if not name:
+                raise ServingError("Missing model name in request.")
+            if last:
+                return metadata(name, version, label)
+            # TF Serving's GetModelStatus answers every version when the request names a label.
+            return status(name, version)
+        except ServingError as error:
+            return _error(str(error), error.http_status)
 
     @web.middleware
     async def errors_as_json(request: web.Request, handler):
@@ -160,8 +183,5 @@ def make_app(manager: ModelManager, max_body_bytes: int, middlewares=()) -> web.
             raise
 
     app = web.Application(client_max_size=max_body_bytes, middlewares=[errors_as_json, *middlewares])
-    for prefix in (f"/v1/models/{NAME}", f"/v1/models/{NAME}/versions/{VERSION}"):
-        app.router.add_post(prefix + ":predict", predict)
-        app.router.add_get(prefix, status)
-        app.router.add_get(prefix + "/metadata", metadata)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

@@ -13,7 +13,7 @@ class LocalServer:
 
     def __init__(self, base_paths, max_body_bytes=16 * 1024 * 1024, poll_seconds=None, **serve_kwargs):
         self.manager = ModelManager(base_paths)
-        self.manager.refresh()
+        self.manager.configure(self.manager.configs)
         if poll_seconds:
             self.manager.start_polling(poll_seconds)
         self.rest_port, self.grpc_port = free_ports(2)

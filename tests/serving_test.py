@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc)
 
 from tests.conftest import REPO_ROOT
 from tests.local_server import LocalServer
@@ -82,6 +83,7 @@ def test_rest_predict_columnar_and_int8(served):
     (f"/v1/models/{MODEL}:predict", {"instances": [], "inputs": []}, 400, "exactly one of"),
     (f"/v1/models/{MODEL}:predict", {"inputs": {"pixels": [1]}}, 400, "unknown input names"),
     (f"/v1/models/{MODEL}:predict", {"signature_name": "nope", "inputs": [1]}, 400, "\"nope\" not found"),
+    (f"/v1/models/{MODEL}/labels/stable:predict", {"inputs": [1]}, 400, "Unrecognized servable version label"),
     (f"/v1/models/{MODEL}:predict", {"signature_name": "serving_int8", "inputs": [[300]]}, 400, "outside the range"),
     ("/v1/models/unknown:predict", {"inputs": [1]}, 404, "Servable not found"),
     (f"/v1/models/{MODEL}/versions/99:predict", {"inputs": [1]}, 404, "Specific(nopeek_orl_faces, 99)"),
@@ -157,23 +159,82 @@ def test_grpc_predict_and_metadata_with_the_official_stubs(served):
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_a_new_version_is_served_without_a_restart(served):
+@pytest.mark.parametrize("method, path, message", [
+    ("POST", f"/v1/models/{MODEL}:predicts", f"Malformed request: POST /v1/models/{MODEL}:predicts"),
+    ("GET", f"/v1/models/{MODEL}/versions/one", "Malformed request: GET"),
+    ("GET", f"/v1/models/{MODEL}:predict", "Malformed request: GET"),
+    ("POST", "/v1/models:predict", "Malformed request: POST /v1/models:predict"),
+    ("PUT", f"/v1/models/{MODEL}", "Malformed request: PUT"),
+    ("GET", "/v1/models", "Missing model name in request."),
+    ("POST", f"/v1/models/{MODEL}/versions/1/labels/stable:predict", "Malformed request"),
+    ("POST", f"/v1/models/{MODEL}:classify", "Expected classify signature method_name"),
+])
+def test_rest_urls_tf_serving_does_not_route_answer_400_json(served, method, path, message):
+    server, manifest, _ = served
+    answer = requests.request(method, _url(server, path), json={"instances": _activations(manifest, 1).tolist()},
+                              timeout=30)
+    assert answer.status_code == 400, (answer.status_code, answer.text)
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert message in answer.json()["error"]
+    # Routes match case-insensitively, as TF Serving's.
+    assert requests.get(_url(server, f"/V1/MODELS/{MODEL}"), timeout=30).status_code == 200
+
+
+def test_grpc_unknown_signature_is_failed_precondition_and_rest_400(served):
+    server, manifest, _ = served
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = "serving_nope"
+    request.inputs["activations"].CopyFrom(tf.make_tensor_proto(_activations(manifest, 1)))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "serving_nope" in error.value.details()
+
+
+def test_grpc_get_model_status_with_the_official_stub(served):
+    server, _, _ = served
+    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc))
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+    response = stub.GetModelStatus(request, timeout=30)
+    assert [(s.version, s.state) for s in response.model_version_status] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    assert response.model_version_status[0].status.error_code == 0
+    request.model_spec.version.value = 7
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetModelStatus(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND and "version 7 of model" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_new_version_replaces_the_served_one_and_the_old_one_ends(served):
+    """TF Serving's default policy: the latest version only; the older one unloads (state END)."""
     server, manifest, base = served
     shutil.copytree(os.path.join(base, "1"), os.path.join(base, ".tmp-2"))
     os.rename(os.path.join(base, ".tmp-2"), os.path.join(base, "2"))  # as the exporter does: atomically
+    expected = [{"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+                {"version": "1", "state": "END", "status": {"error_code": "OK", "error_message": ""}}]
     deadline = time.time() + 30
     while time.time() < deadline:
-        versions = requests.get(_url(server, f"/v1/models/{MODEL}"), timeout=30).json()["model_version_status"]
-        if [v["version"] for v in versions] == ["1", "2"]:
+        status = requests.get(_url(server, f"/v1/models/{MODEL}"), timeout=30).json()["model_version_status"]
+        if status == expected:
             break
         time.sleep(0.1)
     else:
-        pytest.fail("version 2 was not picked up")
+        pytest.fail(f"version 2 did not replace version 1: {status}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
     request.inputs["activations"].CopyFrom(tf.make_tensor_proto(_activations(manifest, 1)))
     assert stub.Predict(request, timeout=30).model_spec.version.value == 2
+    request.model_spec.version.value = 1
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_cli_bad_flags_give_one_line(tmp_path):
