@@ -1,7 +1,10 @@
 """The local server against TF Serving's protocol: REST as documented, gRPC with the official stubs."""
 
+import concurrent.futures
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -269,3 +272,63 @@ def test_cli_serves_the_models_config(exported, tmp_path):
         process.terminate()
         stdout, _ = process.communicate(timeout=60)
     assert f"serving {MODEL} version 1" in stdout and "127.0.0.1" in stdout
+
+
+def _deployment_flags():
+    """{flag: argument} of tensorflow_model_server in serving/docker-compose.yml and serving/kubernetes.yaml."""
+    flags = {}
+    for name in ("docker-compose.yml", "kubernetes.yaml"):
+        with open(os.path.join(REPO_ROOT, "serving", name)) as f:
+            for line in f:
+                match = re.match(r"\s*- (--[a-z_]+)(=\S+)?\s*(#.*)?$", line)
+                if match:
+                    flags[match.group(1)] = match.group(1) + (match.group(2) or "")
+    return flags
+
+
+def test_cli_takes_the_deployment_files_flags_and_drains_on_sigterm(exported, tmp_path):
+    """The flags the repository deploys TF Serving with start the local server; SIGTERM lets a request finish."""
+    export_dir, manifest = exported
+    models = tmp_path / "models"  # what the deployments mount at /models
+    shutil.copytree(os.path.join(export_dir, "serving"), models)
+    config = (models / "models.config").read_text().replace("/models/", f"{models}/")
+    (models / "models.config").write_text(config)
+    # A long batch timeout keeps one request in flight when SIGTERM comes.
+    (models / "batching_parameters.txt").write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 3000000 }")
+    flags = _deployment_flags()
+    assert {"--model_config_file", "--enable_batching", "--batching_parameters_file",
+            "--file_system_poll_wait_seconds", "--model_config_file_poll_wait_seconds"} <= set(flags)
+    from nopeek_tf.distribute import free_ports
+    rest_port, grpc_port = free_ports(2)
+    flags["--port"], flags["--rest_api_port"] = f"--port={grpc_port}", f"--rest_api_port={rest_port}"
+    args = [flag.replace("=/models/", f"={models}/") for flag in flags.values()]
+    process = subprocess.Popen([sys.executable, "-m", "serving.server", *args], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                assert requests.get(url, timeout=5).status_code == 200
+                break
+            except requests.exceptions.ConnectionError:
+                assert process.poll() is None and time.time() < deadline, process.communicate()[1]
+                time.sleep(0.2)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.time()
+            in_flight = pool.submit(requests.post, url + ":predict",
+                                    json={"instances": _activations(manifest, 1).tolist()}, timeout=60)
+            time.sleep(1.0)
+            assert not in_flight.done()
+            process.send_signal(signal.SIGTERM)
+            answer = in_flight.result()
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1, answer.text
+        assert time.time() - started >= 2.5  # it waited out its batch instead of being cut off
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(url, timeout=5)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "batching up to 64 rows" in stdout and "SIGTERM: no new requests" in stdout and "stopped" in stdout
