@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from serving.servables import LoadedVersion, ServingError
+from serving.servables import LoadedVersion, ServingError, read_text_proto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +53,9 @@ class BatchingParameters:
 
 def read_batching_parameters(path: str) -> BatchingParameters:
     """The parameters of a --batching_parameters_file; ValueError names what is wrong."""
-    from google.protobuf import text_format
-
     from serving.proto import batching_parameters_pb2
 
-    message = batching_parameters_pb2.BatchingParameters()
-    try:
-        with open(path) as f:
-            text_format.Parse(f.read(), message)
-    except (OSError, text_format.ParseError) as error:
-        raise ValueError(str(error)) from None
+    message = read_text_proto(path, batching_parameters_pb2.BatchingParameters())
     given = {field: getattr(message, field).value
              for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
              if message.HasField(field)}

@@ -112,6 +112,15 @@ def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
     return {}
 
 
+def read_text_proto(path: str, message):
+    """``message`` filled from the text-format proto file ``path``; ValueError says what is wrong."""
+    try:
+        with open(path) as f:
+            return text_format.Parse(f.read(), message)
+    except (OSError, text_format.ParseError) as error:
+        raise ValueError(str(error)) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """One model of models.config: where its versions are, which of them to serve, and its labels.
@@ -147,11 +156,9 @@ def parse_models_config(path: str) -> dict[str, ModelConfig]:
     Raises:
       ModelConfigError: unreadable file, duplicate names, or a policy that serves nothing.
     """
-    config = model_server_config_pb2.ModelServerConfig()
     try:
-        with open(path) as f:
-            text_format.Parse(f.read(), config)
-    except (OSError, text_format.ParseError) as error:
+        config = read_text_proto(path, model_server_config_pb2.ModelServerConfig())
+    except ValueError as error:
         raise ModelConfigError(str(error)) from None
     folder = os.path.dirname(os.path.abspath(path))
     models = {}
@@ -312,6 +319,11 @@ class ModelManager:
             if name not in self._loaded and name not in self.configs:
                 raise not_found(f"Servable not found for request: Latest({name})")
             return sorted(self._loaded.get(name, {}))
+
+    def labels(self, name: str) -> dict[str, int]:
+        """{label: version} of ``name`` as last set by :meth:`configure`."""
+        with self._lock:
+            return dict(self._labels.get(name, {}))
 
     def status(self, name: str, version: int | None = None) -> list[tuple[int, str, str]]:
         """(version, state, error) of every version seen, highest first, as TF Serving's GetModelStatus."""

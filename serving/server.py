@@ -45,15 +45,13 @@ class ConfigError(ValueError):
 def read_ssl_config(path: str):
     """The gRPC server credentials of an SSLConfig text proto file."""
     import grpc
-    from google.protobuf import text_format
 
     from serving.proto import ssl_config_pb2
+    from serving.servables import read_text_proto
 
-    config = ssl_config_pb2.SSLConfig()
     try:
-        with open(path) as f:
-            text_format.Parse(f.read(), config)
-    except (OSError, text_format.ParseError) as error:
+        config = read_text_proto(path, ssl_config_pb2.SSLConfig())
+    except ValueError as error:
         raise ConfigError(f"--ssl_config_file {path}: {error}") from None
     if not config.server_key or not config.server_cert:
         raise ConfigError(f"--ssl_config_file {path}: needs server_key and server_cert (PEM contents)")

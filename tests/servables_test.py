@@ -107,8 +107,9 @@ def test_models_config_is_re_read_while_serving_and_labels_reach_both_protocols(
         while time.time() < deadline and server.manager.versions(MODEL) != [2]:
             time.sleep(0.1)
         assert server.manager.versions(MODEL) == [2], heard
+        # As in TF Serving, the models change first and the labels after them: wait for the label.
         deadline = time.time() + 30
-        while time.time() < deadline and stub.Predict(request, timeout=30).model_spec.version.value != 2:
+        while time.time() < deadline and server.manager.labels(MODEL).get("stable") != 2:
             time.sleep(0.1)
         assert stub.Predict(request, timeout=30).model_spec.version.value == 2
         status = requests.get(f"http://{server.rest}/v1/models/{MODEL}", timeout=30).json()
