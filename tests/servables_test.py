@@ -120,6 +120,7 @@ def test_models_config_is_re_read_while_serving_and_labels_reach_both_protocols(
         server.stop()
 
 
+@pytest.mark.slow
 def test_twenty_exported_versions_keep_one_loaded_and_memory_flat(exported, tmp_path):
     """Each new version replaces the last (the latest policy); unloading frees it, so memory stays flat."""
     base = _versions(tmp_path, exported, [1])

@@ -47,6 +47,7 @@ def test_a_finished_run_is_reused_even_if_written_before_a_setting_existed(tmp_p
     assert sweep.finished_metrics(str(tmp_path), dataclasses.replace(config, cut="auto")) is not None
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end(tmp_path, capsys):
     workdir = str(tmp_path / "sweep")
     settings = sweep.SweepSettings(
