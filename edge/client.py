@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edge.transport import EdgeError, GrpcTransport, RestTransport, TlsFiles, with_retries
+from .transport import EdgeError, GrpcTransport, RestTransport, TlsFiles, with_retries
 from nopeek_tf import manifest as manifest_lib
 from nopeek_tf import runtime
 from nopeek_tf.litert import ClientRunner

@@ -109,7 +109,7 @@ _NUMPY = {number: dtype for dtype, number in _DTYPES.items()}
 
 def to_tensor_proto(array: np.ndarray):
     """A numpy array as an edge TensorProto (raw little-endian bytes in tensor_content)."""
-    from edge.proto import predict_pb2
+    from .proto import predict_pb2
 
     array = np.ascontiguousarray(array)
     if array.dtype not in _DTYPES:
@@ -146,7 +146,7 @@ class GrpcTransport:
                  timeout: float = 10.0):
         import grpc
 
-        from edge.proto import predict_pb2
+        from .proto import predict_pb2
 
         self.server = server.split("://", 1)[-1]
         self.model_name = model_name
@@ -169,7 +169,7 @@ class GrpcTransport:
             response_deserializer=predict_pb2.PredictResponse.FromString)
 
     def request(self, activations: np.ndarray, signature_name: str):
-        from edge.proto import predict_pb2
+        from .proto import predict_pb2
 
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name

@@ -21,6 +21,7 @@ import time
 from absl import app, flags
 
 from nopeek_tf import manifest as manifest_lib
+from nopeek_tf import runtime
 from nopeek_tf.litert import ClientRunner
 
 FLAGS = flags.FLAGS
@@ -90,8 +91,17 @@ def main(argv):
     print(markdown_table(rows))
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script)."""
     flags.DEFINE_string("export_dir", None, "An export dir written by python -m export.export.", required=True)
     flags.DEFINE_integer("runs", 500, "Timed runs per variant (the median is reported).")
     flags.DEFINE_integer("warmup", 50, "Untimed runs first.")
-    app.run(main)
+
+
+def run() -> None:
+    """The console script's entry (and ``python -m``'s)."""
+    runtime.run_absl_cli(define_flags, main, needs_tensorflow=False)
+
+
+if __name__ == "__main__":
+    run()

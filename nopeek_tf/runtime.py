@@ -84,3 +84,23 @@ def start_tensorflow_script(argv: list[str]) -> None:
     run_from_invocation_directory()
     logging.set_verbosity(logging.WARNING)
     import_tensorflow_quietly()
+
+
+def run_absl_cli(define_flags, main, needs_tensorflow: bool = True) -> None:
+    """The entry of an installed console script (``nopeek-train`` ...) and of ``python -m``: flags, then ``main``.
+
+    Args:
+      define_flags: defines the script's absl flags.
+      main: the script's ``main(argv)``.
+      needs_tensorflow: exit with one line naming the install that is missing
+        when TensorFlow is not installed (the device install has none).
+    """
+    import importlib.util
+
+    from absl import app
+
+    if needs_tensorflow and importlib.util.find_spec("tensorflow") is None:
+        sys.exit(f"error: {os.path.basename(sys.argv[0])} needs TensorFlow, which this install does not have: "
+                 f"pip install 'nopeek-tf[train]'")
+    define_flags()
+    app.run(main)

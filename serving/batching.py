@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from serving.servables import LoadedVersion, ServingError, read_text_proto
+from .servables import LoadedVersion, ServingError, read_text_proto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class BatchingParameters:
 
 def read_batching_parameters(path: str) -> BatchingParameters:
     """The parameters of a --batching_parameters_file; ValueError names what is wrong."""
-    from serving.proto import batching_parameters_pb2
+    from .proto import batching_parameters_pb2
 
     message = read_text_proto(path, batching_parameters_pb2.BatchingParameters())
     given = {field: getattr(message, field).value

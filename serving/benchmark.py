@@ -47,7 +47,7 @@ def start_server(model_name: str, base_path: str, batching_file: str | None) -> 
     from nopeek_tf.distribute import free_ports
 
     rest_port, grpc_port = free_ports(2)
-    args = [sys.executable, "-m", "serving.server", f"--model_name={model_name}", f"--model_base_path={base_path}",
+    args = [sys.executable, "-m", f"{__package__ or 'serving'}.server", f"--model_name={model_name}", f"--model_base_path={base_path}",
             f"--rest_api_port={rest_port}", f"--port={grpc_port}"]
     if batching_file:
         args += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
@@ -190,9 +190,18 @@ def main(argv):
               f"| {row['p99']:.1f} ms | {row['errors']} | {row['rps'] / unbatched['rps']:.2f}x |")
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script)."""
     flags.DEFINE_string("export_dir", None, "An export dir written by python -m export.export.", required=True)
     flags.DEFINE_integer("clients", 16, "Concurrent clients of the load test.")
     flags.DEFINE_integer("requests", 500, "Requests per client in the load test.")
     flags.DEFINE_integer("sequential", 300, "Requests of the batch-1 latency test (one at a time).")
-    app.run(main)
+
+
+def run() -> None:
+    """The console script's entry (and ``python -m``'s)."""
+    runtime.run_absl_cli(define_flags, main)
+
+
+if __name__ == "__main__":
+    run()

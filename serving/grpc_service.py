@@ -8,8 +8,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from serving.batching import Predictor
-from serving.servables import ModelManager, ServingError
+from .batching import Predictor
+from .servables import ModelManager, ServingError
 
 
 async def _abort(context, error: ServingError):

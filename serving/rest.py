@@ -21,8 +21,8 @@ import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
-from serving.batching import Predictor
-from serving.servables import ModelManager, ServingError
+from .batching import Predictor
+from .servables import ModelManager, ServingError
 
 
 def _error(message: str, status: int) -> web.Response:

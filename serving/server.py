@@ -46,8 +46,8 @@ def read_ssl_config(path: str):
     """The gRPC server credentials of an SSLConfig text proto file."""
     import grpc
 
-    from serving.proto import ssl_config_pb2
-    from serving.servables import read_text_proto
+    from .proto import ssl_config_pb2
+    from .servables import read_text_proto
 
     try:
         config = read_text_proto(path, ssl_config_pb2.SSLConfig())
@@ -63,7 +63,7 @@ def read_ssl_config(path: str):
 
 def model_configs(model_name: str | None, model_base_path: str | None, model_config_file: str | None) -> dict:
     """{name: ModelConfig} from either --model_name/--model_base_path or --model_config_file."""
-    from serving.servables import ModelConfigError, parse_models_config, single_model_config
+    from .servables import ModelConfigError, parse_models_config, single_model_config
 
     if model_config_file:
         if model_base_path:
@@ -86,7 +86,7 @@ def model_configs(model_name: str | None, model_base_path: str | None, model_con
 
 def batching_parameters(enable_batching: bool, parameters_file: str | None):
     """The BatchingParameters of --enable_batching/--batching_parameters_file, or None (no batching)."""
-    from serving.batching import BatchingParameters, read_batching_parameters
+    from .batching import BatchingParameters, read_batching_parameters
 
     if not enable_batching:
         if parameters_file:
@@ -115,8 +115,8 @@ async def serve(manager, host: str, rest_port: int, grpc_port: int, max_body_byt
     import grpc
     from aiohttp import web
 
-    from serving import grpc_service, rest
-    from serving.batching import Predictor
+    from . import grpc_service, rest
+    from .batching import Predictor
 
     predictor = Predictor(batching)
     runner = web.AppRunner(rest.make_app(manager, max_body_bytes, rest_middlewares, predictor), access_log=None,
@@ -143,7 +143,7 @@ async def serve(manager, host: str, rest_port: int, grpc_port: int, max_body_byt
 
 def main(argv):
     runtime.start_tensorflow_script(argv)
-    from serving.servables import ModelConfigError, ModelManager
+    from .servables import ModelConfigError, ModelManager
 
     try:
         configs = model_configs(FLAGS.model_name, FLAGS.model_base_path, FLAGS.model_config_file)
@@ -200,7 +200,8 @@ def main(argv):
                  f"{FLAGS.rest_api_port}): {error.strerror or error}")
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script)."""
     flags.DEFINE_integer("port", 8500, "gRPC port (as tensorflow_model_server).")
     flags.DEFINE_integer("rest_api_port", 8501, "REST port (as tensorflow_model_server).")
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 for every interface.")
@@ -224,4 +225,12 @@ if __name__ == "__main__":
     flags.DEFINE_float("drain_seconds", 10.0, "On SIGTERM or Ctrl-C, how long requests in flight may take to "
                        "finish (this server only).")
     flags.DEFINE_integer("max_body_bytes", 16 * 1024 * 1024, "Largest request accepted (REST and gRPC).")
-    app.run(main)
+
+
+def run() -> None:
+    """The console script's entry (and ``python -m``'s)."""
+    runtime.run_absl_cli(define_flags, main)
+
+
+if __name__ == "__main__":
+    run()

@@ -178,7 +178,7 @@ def benchmark_strategies(global_batch: int, repeats: int) -> list[dict]:
     rows = []
     for strategy in ("default", "mirrored", "multi_worker"):
         for alpha in (0.0, 1.0):
-            command = [sys.executable, "-m", "train.benchmark", f"--measure={strategy}", f"--alpha={alpha}",
+            command = [sys.executable, "-m", f"{__package__ or 'train'}.benchmark", f"--measure={strategy}", f"--alpha={alpha}",
                        f"--global_batch={global_batch}", f"--step_repeats={repeats}"]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
             if strategy == "multi_worker":
@@ -239,7 +239,8 @@ def main(argv):
               f"{row['loop_0'] / row['fit_0']:.2f}x, {row['loop_1'] / row['fit_1']:.2f}x |", flush=True)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script)."""
     flags.DEFINE_integer("n", 256, "Batch size of the dCor benchmark.")
     flags.DEFINE_integer("x_features", 784, "Raw input features.")
     flags.DEFINE_integer("z_features", 6272, "Activation features.")
@@ -251,4 +252,12 @@ if __name__ == "__main__":
     flags.DEFINE_enum("measure", None, ["default", "mirrored", "multi_worker"], "Internal: measure one strategy "
                       "in this process and print JSON (what --strategies runs).")
     flags.DEFINE_float("alpha", 1.0, "Internal: alpha of --measure.")
-    app.run(main)
+
+
+def run() -> None:
+    """The console script's entry (and ``python -m``'s)."""
+    runtime.run_absl_cli(define_flags, main)
+
+
+if __name__ == "__main__":
+    run()

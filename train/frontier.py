@@ -17,6 +17,8 @@ import sys
 
 from absl import app, flags
 
+from nopeek_tf import runtime
+
 FLAGS = flags.FLAGS
 
 
@@ -43,6 +45,10 @@ def main(argv):
     print(f"wrote {FLAGS.out_dir}/{frontier.TABLE_FILE}, {frontier.PLOT_FILE}, {frontier.GRID_FILE}")
 
 
+def run() -> None:
+    """The console script's entry (and ``python -m``'s)."""
+    runtime.run_absl_cli(define_flags, main)
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run()

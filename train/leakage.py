@@ -71,6 +71,10 @@ def main(argv):
     print(f"wrote {model_dir_lib.leakage_file(FLAGS.model_dir, result['client'])}")
 
 
+def run() -> None:
+    """The console script's entry (and ``python -m``'s)."""
+    runtime.run_absl_cli(define_flags, main)
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run()

@@ -28,7 +28,7 @@ from nopeek_tf import config as config_lib
 from nopeek_tf import runtime
 
 FLAGS = flags.FLAGS
-CONFIG_PACKAGE = "train.configs"
+CONFIG_PACKAGE = f"{__package__ or 'train'}.configs"  # train.configs, or nopeek_tf.train.configs installed
 
 
 def define_flags() -> None:
@@ -100,6 +100,10 @@ def main(argv):
           "reconstructions.png")
 
 
+def run() -> None:
+    """The console script's entry (and ``python -m``'s)."""
+    runtime.run_absl_cli(define_flags, main)
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run()

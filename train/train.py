@@ -57,6 +57,10 @@ def main(argv):
         sys.exit(f"error: {error}")
 
 
+def run() -> None:
+    """The console script's entry (and ``python -m``'s)."""
+    runtime.run_absl_cli(define_flags, main)
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run()

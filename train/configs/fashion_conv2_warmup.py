@@ -10,7 +10,7 @@ fashion_narrow first). 3 models, about 5 minutes each on 2 cores (README:
 import dataclasses
 
 from nopeek_tf.sweep import SweepConfig, SweepSettings
-from train.configs import _fashion
+from . import _fashion
 
 
 def get_config() -> SweepSettings:

@@ -9,7 +9,7 @@ Draws the curves of the fashion_mnist sweep too (run it first). 3 models, about
 import dataclasses
 
 from nopeek_tf.sweep import SweepConfig, SweepSettings
-from train.configs import _fashion
+from . import _fashion
 
 
 def get_config() -> SweepSettings:

@@ -10,7 +10,7 @@ Fashion-MNIST").
 import dataclasses
 
 from nopeek_tf.sweep import SweepConfig, SweepSettings
-from train.configs import _fashion
+from . import _fashion
 
 
 def get_config() -> SweepSettings:

@@ -6,7 +6,7 @@ r"""Fashion-MNIST: NoPeek over alpha at cuts conv2 and dense, and the noise base
 """
 
 from nopeek_tf.sweep import SweepConfig, SweepSettings
-from train.configs import _fashion
+from . import _fashion
 
 
 def get_config() -> SweepSettings:

@@ -8,7 +8,7 @@ r"""Fashion-MNIST at the dense cut with a 4x narrower client (8/8/16 filters, 32
 import dataclasses
 
 from nopeek_tf.sweep import SweepConfig, SweepSettings
-from train.configs import _fashion
+from . import _fashion
 
 
 def get_config() -> SweepSettings:
