@@ -21,3 +21,8 @@ fi
 
 echo "setup: pip install -r requirements.txt" >&2
 python3 -m pip install -q --disable-pip-version-check -r requirements.txt
+
+# The wheels of a TensorFlow-free device install (tests/packaging_test.py installs them into a fresh
+# virtualenv without downloading): the device dependencies of pyproject.toml, protobuf and grpcio at
+# their lowest supported versions.
+python3 -m tests.wheelhouse

@@ -97,10 +97,14 @@ def run_absl_cli(define_flags, main, needs_tensorflow: bool = True) -> None:
     """
     import importlib.util
 
-    from absl import app
+    from absl import app, flags
 
     if needs_tensorflow and importlib.util.find_spec("tensorflow") is None:
         sys.exit(f"error: {os.path.basename(sys.argv[0])} needs TensorFlow, which this install does not have: "
                  f"pip install 'nopeek-tf[train]'")
     define_flags()
+    # --help lists the main module's key flags; a console script's main module is its launcher, not this one.
+    flag_values = flags.FLAGS
+    for flag in flag_values.get_key_flags_for_module(sys.modules[define_flags.__module__]):
+        flag_values.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
