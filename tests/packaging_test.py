@@ -6,8 +6,10 @@ The virtualenvs install from the wheel built here and from the wheels that
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import pytest
@@ -66,7 +68,7 @@ def test_device_install_without_tensorflow_at_the_lowest_protobuf_and_grpcio(whe
     versions = _run([f"{bin_dir}/python", "-c", "import google.protobuf, grpc, importlib.util; "
                      "print(google.protobuf.__version__, grpc.__version__, importlib.util.find_spec('tensorflow'))"],
                     cwd=tmp_path).stdout.split()
-    assert versions == ["3.20.3", "1.51.3", "None"]
+    assert versions == ["3.20.3", "1.53.0", "None"]
 
     export_dir, _ = exported
     from edge.client import EdgeClient
@@ -102,3 +104,45 @@ def test_full_install_trains_outside_the_checkout(wheel, tmp_path):
           "--dcor_batch_size=20", "--defence=plain", "--model_dir=run"], cwd=tmp_path,
          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert os.path.exists(tmp_path / "run" / "metrics.json")
+
+
+PI_ROOTFS = os.path.join(REPO_ROOT, ".cache", "pi-rootfs")
+
+
+def test_edge_client_in_an_emulated_raspberry_pi_userland(wheel, exported, tmp_path):
+    """Debian bookworm arm64 under qemu (edge/pi_userland.sh): the installed edge client equals this machine's."""
+    if not os.path.exists(os.path.join(PI_ROOTFS, "opt", "nopeek", "bin", "nopeek-edge")):
+        pytest.fail(f"no arm64 userland at {PI_ROOTFS}: run bash edge/pi_userland.sh build (needs root; 8 minutes)")
+
+    def inside(*command):
+        return _run(["bash", os.path.join(REPO_ROOT, "edge", "pi_userland.sh"), "run", PI_ROOTFS, *command])
+
+    shutil.copy(wheel, os.path.join(PI_ROOTFS, "opt", "wheels"))  # this checkout's code, installed without download
+    inside("/opt/nopeek/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index", "--no-deps",
+           "--force-reinstall", f"/opt/wheels/{os.path.basename(wheel)}")
+    assert inside("/opt/nopeek/bin/python", "-c", "import platform; print(platform.machine())").stdout.strip() == \
+        "aarch64"
+
+    export_dir, _ = exported
+    from edge.client import EdgeClient
+    from nopeek_tf import data
+    faces = [os.path.join(data.orl_faces_dir(), f"s{person}", "1.pgm") for person in (1, 9, 17, 33)]
+    job = tempfile.mkdtemp(dir=os.path.join(PI_ROOTFS, "tmp"))
+    shutil.copytree(os.path.join(export_dir, "client"), os.path.join(job, "client"))
+    for index, face in enumerate(faces):
+        shutil.copy(face, os.path.join(job, f"face{index}.pgm"))
+    inner = "/" + os.path.relpath(job, PI_ROOTFS)
+    server = LocalServer({MODEL: os.path.join(export_dir, "serving", MODEL)})
+    try:
+        for variant, transport, address in (("int8", "grpc", server.grpc), ("float32", "rest", server.rest)):
+            out = inside("/opt/nopeek/bin/nopeek-edge", "--tflite", f"{inner}/client/client_{variant}.tflite",
+                         "--server", address, "--transport", transport,
+                         *[f"{inner}/face{i}.pgm" for i in range(len(faces))]).stdout.splitlines()
+            reference = EdgeClient(os.path.join(export_dir, "client", f"client_{variant}.tflite"), server=address,
+                                   transport=transport)
+            for index, face in enumerate(faces):
+                assert out[index].startswith(f"{inner}/face{index}.pgm: {reference.classify(face).class_name} "), out
+            print(f"emulated arm64, {variant} over {transport}: {out[-1]}")
+    finally:
+        server.stop()
+        shutil.rmtree(job)

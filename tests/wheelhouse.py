@@ -25,7 +25,7 @@ def device_requirements() -> list[str]:
 
 
 def lowest(requirements: list[str], names: tuple[str, ...] = ("protobuf", "grpcio")) -> list[str]:
-    """``requirements`` with each of ``names`` pinned to its lower bound (``grpcio>=1.51.3`` -> ``grpcio==1.51.3``)."""
+    """``requirements`` with each of ``names`` pinned to its lower bound (``grpcio>=1.53.0`` -> ``grpcio==1.53.0``)."""
     pinned = []
     for requirement in requirements:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,]+)(,.*)?", requirement)
@@ -44,8 +44,10 @@ def download(platform: str | None = None) -> str:
     command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
                "-d", folder, *lowest(device_requirements()), "setuptools", "wheel"]
     if platform:
-        command += ["--platform", f"manylinux2014_{platform}", "--platform", f"manylinux_2_28_{platform}",
-                    "--python-version", "3.11"]
+        # pip matches --platform tags exactly: every manylinux tag up to bookworm's glibc 2.36.
+        for tag in [f"manylinux2014_{platform}"] + [f"manylinux_2_{minor}_{platform}" for minor in range(17, 37)]:
+            command += ["--platform", tag]
+        command += ["--python-version", "3.11"]
     subprocess.run(command, check=True)
     return folder
 
