@@ -173,3 +173,31 @@ def test_benchmark_prints_a_row_per_variant_without_tensorflow(exported):
     int8_row = rows[list(manifest.clients).index("int8")]
     activation_bytes = int(np.prod(manifest.activation_shape))
     assert f"| {activation_bytes:,} | {56 * 46:,} |" in int8_row
+    assert result.stdout.splitlines()[1].startswith("CPU: ")
+
+
+def test_cpu_description_names_the_instructions_int8_kernels_use(tmp_path):
+    from export.benchmark import cpu_description
+
+    x86 = tmp_path / "x86"
+    x86.write_text("model name\t: Some EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n")
+    assert cpu_description(str(x86)).startswith("Some EPYC;") and "avx2, fma, avx512f, avx512_vnni" in \
+        cpu_description(str(x86))
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 asimddp\nCPU part\t: 0xd0b\n")
+    assert cpu_description(str(arm)).endswith("asimd, asimddp") and "CPU part 0xd0b" in cpu_description(str(arm))
+    assert cpu_description(str(tmp_path / "missing")) == "CPU unknown (no /proc/cpuinfo)"
+
+
+@pytest.mark.slow
+def test_layer_breakdown_times_each_prefix_of_the_client(trained_dir):
+    from export.benchmark import layer_breakdown, layer_table
+    from nopeek_tf import model_dir as model_dir_lib
+
+    rows = layer_breakdown(trained_dir, runs=3, warmup=1, log=lambda *args, **kwargs: None)
+    client = model_dir_lib.load(trained_dir)[0].client
+    assert [row["layer"] for row in rows] == [layer.name for layer in client.layers
+                                              if not isinstance(layer, keras.layers.InputLayer)]
+    assert all(row["float32"] > 0 and row["int8"] > 0 for row in rows)
+    assert rows[-1]["output_shape"] == list(client.output.shape[1:])
+    assert len(layer_table(rows).splitlines()) == 2 + len(rows)
