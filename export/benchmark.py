@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from nopeek_tf import manifest as manifest_lib
 from nopeek_tf import runtime

@@ -34,7 +34,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from nopeek_tf import config as config_lib
 from nopeek_tf import files

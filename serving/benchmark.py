@@ -26,7 +26,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
 from nopeek_tf import manifest as manifest_lib
 from nopeek_tf import runtime
@@ -182,8 +182,8 @@ def main(argv):
         finally:
             stop_server(process)
 
-    print(f"\n| transport | batching | requests/s | p50 | p99 | errors | throughput vs unbatched |\n"
-          f"|---|---|---|---|---|---|---|")
+    print("\n| transport | batching | requests/s | p50 | p99 | errors | throughput vs unbatched |\n"
+          "|---|---|---|---|---|---|---|")
     for row in rows:
         unbatched = next(r for r in rows if r["transport"] == row["transport"] and not r["batching"])
         print(f"| {row['transport']} | {'on' if row['batching'] else 'off'} | {row['rps']:.0f} | {row['p50']:.1f} ms "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from nopeek_tf import runtime
 

@@ -22,7 +22,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
 from nopeek_tf import config as config_lib
 from nopeek_tf import model_dir as model_dir_lib
