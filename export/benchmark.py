@@ -23,9 +23,7 @@ profiler).
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 from absl import flags
 
@@ -52,18 +50,6 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
     present = set((fields.get("flags") or fields.get("Features") or "").split())
     found = [flag for flag in INT8_RELEVANT_FLAGS if flag in present]
     return f"{model}; {os.cpu_count()} cores; {', '.join(found) or 'none of ' + ', '.join(INT8_RELEVANT_FLAGS)}"
-
-
-def median_ms(call, runs: int, warmup: int) -> float:
-    """Median wall time of ``call()`` in ms over ``runs`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(timings)
 
 
 def layer_breakdown(model_dir: str, runs: int, warmup: int, log=print) -> list[dict]:
@@ -96,7 +82,7 @@ def layer_breakdown(model_dir: str, runs: int, warmup: int, log=print) -> list[d
             model = LiteRTModel(convert_client(prefix, variant, representative), num_threads=1)
             inputs = (rng.integers(0, 256, (1, *shape)) if model.input_dtype == np.uint8
                       else rng.uniform(0, 1, (1, *shape))).astype(model.input_dtype)
-            row[variant] = median_ms(lambda: model(inputs), runs, warmup)
+            row[variant] = 1000.0 * runtime.median_seconds(lambda: model(inputs), runs, warmup)
         rows.append(row)
         log(f"  up to {layer.name}: float32 {row['float32']:.3f} ms, int8 {row['int8']:.3f} ms", flush=True)
     return rows
@@ -125,7 +111,7 @@ def benchmark_client(path: str, client: manifest_lib.ClientModel, preprocessing:
     latency = {}
     for default_delegates in (True, False):
         runner = ClientRunner(path, client, preprocessing, num_threads=1, default_delegates=default_delegates)
-        latency[default_delegates] = median_ms(lambda: runner.send(pixels), runs, warmup)
+        latency[default_delegates] = 1000.0 * runtime.median_seconds(lambda: runner.send(pixels), runs, warmup)
     return {
         "variant": client.variant,
         "size_kb": client.size_bytes / 1024.0,

@@ -1,4 +1,4 @@
-"""Start-up for command-line scripts: TensorFlow without its C++ start-up noise.
+"""Start-up for command-line scripts (TensorFlow without its C++ start-up noise), and the benchmarks' clock.
 
 Importing TensorFlow and initialising its devices prints C++ log lines (CUDA
 probing, absl) to the process's stderr, below Python's reach. Scripts call
@@ -108,3 +108,18 @@ def run_absl_cli(define_flags, main, needs_tensorflow: bool = True) -> None:
     for flag in flag_values.get_key_flags_for_module(sys.modules[define_flags.__module__]):
         flag_values.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
+
+
+def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs (the benchmarks' clock)."""
+    import statistics
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

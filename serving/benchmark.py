@@ -129,14 +129,8 @@ def in_process_p50(base_path: str, activations, runs: int) -> float:
     versions = [int(v) for v in os.listdir(base_path) if v.isdigit()]
     signature = tf.saved_model.load(os.path.join(base_path, str(max(versions)))).signatures["serving_default"]
     x = tf.constant(activations)
-    for _ in range(20):
-        signature(activations=x)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        {key: value.numpy() for key, value in signature(activations=x).items()}
-        timings.append((time.perf_counter() - start) * 1000)
-    return statistics.median(timings)
+    return 1000.0 * runtime.median_seconds(
+        lambda: {key: value.numpy() for key, value in signature(activations=x).items()}, runs, warmup=20)
 
 
 def main(argv):

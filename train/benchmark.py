@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,18 +36,6 @@ from absl import flags
 from nopeek_tf import runtime
 
 FLAGS = flags.FLAGS
-
-
-def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def benchmark_dcor(n: int, x_features: int, z_features: int, repeats: int) -> dict:
@@ -88,11 +74,11 @@ def benchmark_dcor(n: int, x_features: int, z_features: int, repeats: int) -> di
     ours = float(value_fn(x, z))
     results = {
         "abs_error_vs_dcor": abs(ours - reference_value),
-        "ours_value_s": median_seconds(lambda: value_fn(x, z).numpy(), repeats),
-        "ours_value_and_gradient_s": median_seconds(lambda: [t.numpy() for t in value_and_gradient(x, z)], repeats),
-        "gram_products_s": median_seconds(lambda: [t.numpy() for t in gram_products(x, z)], repeats),
-        "gradient_product_s": median_seconds(lambda: gradient_product(z).numpy(), repeats),
-        "dcor_package_s": median_seconds(lambda: dcor_reference.distance_correlation(x_np, z_np),
+        "ours_value_s": runtime.median_seconds(lambda: value_fn(x, z).numpy(), repeats),
+        "ours_value_and_gradient_s": runtime.median_seconds(lambda: [t.numpy() for t in value_and_gradient(x, z)], repeats),
+        "gram_products_s": runtime.median_seconds(lambda: [t.numpy() for t in gram_products(x, z)], repeats),
+        "gradient_product_s": runtime.median_seconds(lambda: gradient_product(z).numpy(), repeats),
+        "dcor_package_s": runtime.median_seconds(lambda: dcor_reference.distance_correlation(x_np, z_np),
                                          max(3, repeats // 10), warmup=1),
     }
     return results
@@ -130,7 +116,7 @@ def loop_step_seconds(batch_size: int, alpha: float, repeats: int, strategy=None
     trainer = loop.Trainer(split, strategy, 1e-3)
     batches = data.make_pipeline(dataset, batch_size, True, 0, drop_remainder=True).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(batches))
-    return median_seconds(lambda: trainer.train_step(iterator)["loss"].numpy(), repeats)
+    return runtime.median_seconds(lambda: trainer.train_step(iterator)["loss"].numpy(), repeats)
 
 
 def fit_step_seconds(batch_size: int, alpha: float, repeats: int) -> float:
@@ -145,7 +131,7 @@ def fit_step_seconds(batch_size: int, alpha: float, repeats: int) -> float:
     batches = data.make_pipeline(dataset, batch_size, True, 0).repeat()
     steps = 10
     run = lambda: split.full.fit(batches, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)  # noqa: E731
-    return median_seconds(run, max(3, repeats // steps), warmup=1) / steps
+    return runtime.median_seconds(run, max(3, repeats // steps), warmup=1) / steps
 
 
 def benchmark_steps(batch_sizes, repeats: int) -> list[dict]:
