@@ -4,7 +4,7 @@
 # emulation: times are this CPU's emulating an arm64 one, not a Pi's speed).
 #
 #   bash edge/pi_userland.sh build [ROOTFS]          # once: the root file system, a venv with the device
-#                                                    # install of nopeek-tf (no TensorFlow); about 8 minutes
+#                                                    # install of nopeek-tf (no TensorFlow); about 4 minutes
 #   bash edge/pi_userland.sh run ROOTFS COMMAND...   # a command inside, e.g. /opt/nopeek/bin/nopeek-edge ...
 #
 # ROOTFS defaults to .cache/pi-rootfs inside the checkout. Needs root (debootstrap, chroot, binfmt_misc) and
@@ -45,7 +45,7 @@ mount_system() {
 build() {
   enable_emulation
   if [ ! -x "$ROOTFS/usr/bin/python3" ]; then
-    echo "pi_userland: debootstrap bookworm arm64 into $ROOTFS (about 6 minutes)" >&2
+    echo "pi_userland: debootstrap bookworm arm64 into $ROOTFS (about 3 minutes)" >&2
     rm -rf "$ROOTFS.partial"
     debootstrap --arch=arm64 --variant=minbase --include=python3-venv,python3-pip bookworm "$ROOTFS.partial" \
       http://deb.debian.org/debian >/dev/null

@@ -112,7 +112,7 @@ PI_ROOTFS = os.path.join(REPO_ROOT, ".cache", "pi-rootfs")
 def test_edge_client_in_an_emulated_raspberry_pi_userland(wheel, exported, tmp_path):
     """Debian bookworm arm64 under qemu (edge/pi_userland.sh): the installed edge client equals this machine's."""
     if not os.path.exists(os.path.join(PI_ROOTFS, "opt", "nopeek", "bin", "nopeek-edge")):
-        pytest.fail(f"no arm64 userland at {PI_ROOTFS}: run bash edge/pi_userland.sh build (needs root; 8 minutes)")
+        pytest.fail(f"no arm64 userland at {PI_ROOTFS}: run bash edge/pi_userland.sh build (needs root; about 4 minutes)")
 
     def inside(*command):
         return _run(["bash", os.path.join(REPO_ROOT, "edge", "pi_userland.sh"), "run", PI_ROOTFS, *command])
