@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import os
+import time
 
 import grpc
 import numpy as np
@@ -110,5 +111,36 @@ def test_grpc_clients_get_the_unbatched_answers_from_a_batching_server(exported,
             for x, logits in pool.map(call, range(48)):
                 np.testing.assert_allclose(logits, loaded.predict(None, {"activations": x})["logits"],
                                            rtol=1e-5, atol=1e-5)
+    finally:
+        server.stop()
+
+
+def test_a_full_queue_answers_503_over_rest_and_unavailable_over_grpc(exported):
+    """A 3-row request waits for its batch (4 rows, 2 s timeout, room for 1 batch): a second one finds it full."""
+    import requests
+
+    export_dir, manifest = exported
+    server = LocalServer({MODEL: os.path.join(export_dir, "serving", MODEL)},
+                         batching=BatchingParameters(max_batch_size=4, batch_timeout_micros=2_000_000,
+                                                     max_enqueued_batches=1, num_batch_threads=1))
+    url = f"http://{server.rest}/v1/models/{MODEL}:predict"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(requests.post, url, json={"instances": _rows(manifest, 3, 0).tolist()}, timeout=30)
+            time.sleep(0.5)  # it reaches the queue in milliseconds, then waits out its batch's 2 s timeout
+            assert not waiting.done()
+            full = requests.post(url, json={"instances": _rows(manifest, 3, 1).tolist()}, timeout=30)
+            assert full.status_code == 503, full.text
+            assert full.json()["error"] == "The batch scheduling queue to which this task was submitted is full"
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = MODEL
+            request.inputs["activations"].CopyFrom(tf.make_tensor_proto(_rows(manifest, 3, 2)))
+            if not waiting.done():
+                with pytest.raises(grpc.RpcError) as error:
+                    stub.Predict(request, timeout=30)
+                assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert waiting.result().status_code == 200 and len(waiting.result().json()["predictions"]) == 3
+        assert stub.Predict(request, timeout=30).outputs["logits"].tensor_shape.dim[0].size == 3  # serving on
     finally:
         server.stop()
