@@ -158,9 +158,6 @@ def make_app(manager: ModelManager, max_body_bytes: int, middlewares=(),
             name, version_text, label, last = match.groups()
             name = name or ""
             version = int(version_text) if version_text else None
-            if version is not None and label:
-                raise ServingError(f"Both model version ({version}) and model version label ({label}) "
-                                   f"cannot be supplied.")
             if request.method == "POST":
                 return await predict(request, name, version, label, last)
             if not name:
