@@ -37,9 +37,18 @@ enable_emulation() {
   fi
 }
 
+# /proc and /dev are mounted only while a command runs inside: a bind-mounted /dev left behind would let a
+# later rm -rf of the checkout delete the host's device nodes.
 mount_system() {
+  trap unmount_system EXIT
   mountpoint -q "$ROOTFS/proc" || mount -t proc proc "$ROOTFS/proc"
   mountpoint -q "$ROOTFS/dev" || mount --bind /dev "$ROOTFS/dev"
+}
+
+unmount_system() {
+  for point in "$ROOTFS/dev" "$ROOTFS/proc"; do
+    if mountpoint -q "$point"; then umount "$point" || umount -l "$point"; fi
+  done
 }
 
 build() {
