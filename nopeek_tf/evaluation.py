@@ -41,11 +41,12 @@ class AttackData:
 
 
 def load_attack_data(dataset: str, data_dir: str | None, image_size, train_images: int,
-                     test_images: int) -> AttackData:
-    """The first ``train_images`` (0: all) training and ``test_images`` test images of a dataset, as float arrays."""
-    raw = data.load(dataset, data_dir)
-    return AttackData(*data.to_arrays(raw.train, image_size, train_images or None),
-                      *data.to_arrays(raw.test, image_size, test_images))
+                     test_images: int, channels: int | None = None, test_fraction: float = 0.2) -> AttackData:
+    """The first ``train_images`` (0: all) training and ``test_images`` test images of a dataset, as float arrays
+    (at ``image_size`` and ``channels`` when given: the model's input)."""
+    raw = data.load(dataset, data_dir, image_size, channels, test_fraction)
+    return AttackData(*data.to_arrays(raw.train, limit=train_images or None),
+                      *data.to_arrays(raw.test, limit=test_images))
 
 
 def train_recognizer(metrics: dict, images: np.ndarray, labels: np.ndarray, epochs: int) -> keras.Model:
@@ -54,11 +55,13 @@ def train_recognizer(metrics: dict, images: np.ndarray, labels: np.ndarray, epoc
     Not the attacked model: it would recognise an inverted image from the very
     activations the inversion matched.
     """
-    from nopeek_tf import models
+    from nopeek_tf import split
+    from nopeek_tf.config import TrainConfig
 
     keras.utils.set_random_seed(1)
-    recognizer = models.build_split_model(metrics["arch"], images.shape[1:], metrics["num_classes"],
-                                          metrics["cut"], alpha=0.0).full
+    config = dataclasses.replace(TrainConfig.from_json(metrics), noise="none", noise_scale=0.0, bottleneck=0,
+                                 client_width=1.0)
+    recognizer = split.split_for_config(config, images.shape[1:], metrics["num_classes"], alpha=0.0).full
     recognizer.compile(optimizer=keras.optimizers.Adam(1e-3),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     recognizer.fit(images, labels, batch_size=32, epochs=epochs, verbose=0)
@@ -152,8 +155,9 @@ def evaluate_leakage(model_dir: str, tflite: str | None = None, budget: AttackBu
     """
     evaluation = evaluation or EvaluationConfig()
     metrics = model_dir_lib.read_metrics(model_dir)
-    attack_data = load_attack_data(metrics["dataset"], metrics.get("data_dir"), metrics.get("image_size"),
-                                   evaluation.train_images, evaluation.test_images)
+    shape = metrics["input_shape"]
+    attack_data = load_attack_data(metrics["dataset"], metrics.get("data_dir"), shape[:2], evaluation.train_images,
+                                   evaluation.test_images, shape[2], metrics.get("test_fraction", 0.2))
     recognizer = train_recognizer(metrics, attack_data.train_images, attack_data.train_labels,
                                   evaluation.recognizer_epochs)
     return attack_model_dir(model_dir, attack_data, recognizer, tflite, budget, evaluation.attack_seed,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import threading
 from typing import Callable, Sequence
 
@@ -417,8 +418,7 @@ def build_split_model(
     for _, block in blocks[:split_at]:
         x = block(x)
     if bottleneck:
-        x = (keras.layers.Conv2D(bottleneck, 1, name=BOTTLENECK_NAME) if len(x.shape) == 4
-             else keras.layers.Dense(bottleneck, name=BOTTLENECK_NAME))(x)
+        x = bottleneck_layer(bottleneck, len(x.shape))(x)
     client = keras.Model(image, x, name=CLIENT_NAME)
 
     activations = keras.Input(shape=client.output_shape[1:], name="activations")
@@ -429,16 +429,34 @@ def build_split_model(
         y = keras.layers.Flatten(name="head_flatten")(y)
     logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(y)  # float32 under mixed precision
     server = keras.Model(activations, logits, name=SERVER_NAME)
+    return assemble_split(client, server, alpha, noise, name=f"nopeek_{arch}_{cut}")
 
-    full_input = keras.Input(shape=tuple(input_shape), name="image")
-    # float32 policy: under mixed precision, dCor is still computed from float32 inputs.
+
+def bottleneck_layer(channels: int, rank: int, name: str = BOTTLENECK_NAME) -> keras.layers.Layer:
+    """A linear layer to ``channels``: a 1x1 convolution for image-shaped activations (rank 4), else dense."""
+    return keras.layers.Conv2D(channels, 1, name=name) if rank == 4 else keras.layers.Dense(channels, name=name)
+
+
+def assemble_split(client: keras.Model, server: keras.Model, alpha: float = 0.0,
+                   noise: tuple[str, float] | None = None, name: str = "nopeek") -> SplitModel:
+    """The trainable full model ``server(nopeek([image, noise(client(image))]))`` of two halves.
+
+    Args:
+      client: image -> activations (a model named "client").
+      server: activations -> logits (a model named "server").
+      alpha: weight of the dCor loss.
+      noise: (kind, scale) for :class:`ActivationNoise` on what the client sends, or None.
+      name: the full model's name.
+    """
+    full_input = keras.Input(shape=client.input_shape[1:], name="image")
     sent = client(full_input)
     noise_layer = None
     if noise is not None:
         noise_layer = ActivationNoise(*noise, name=NOISE_NAME, dtype="float32")
         sent = noise_layer(sent)
+    # float32 policy: under mixed precision, dCor is still computed from float32 inputs.
     cut_activations = NoPeekLayer(alpha, name=NOPEEK_NAME, dtype="float32")([full_input, sent])
-    full = keras.Model(full_input, server(cut_activations), name=f"nopeek_{arch}_{cut}")
+    full = keras.Model(full_input, server(cut_activations), name=name)
     return SplitModel(full=full, client=client, server=server, noise=noise_layer)
 
 
@@ -454,18 +472,39 @@ def dtype_policy(name: str | None):
         keras.config.set_dtype_policy(previous)
 
 
+def call_flops(layer, input_shape: Sequence[int | None], output_shape: Sequence[int | None]) -> int:
+    """Multiply-adds x 2 of one sample through one call of ``layer`` (convolutions and dense layers; 0 otherwise).
+
+    Shapes include the batch dimension. A nested model counts its own layers.
+    """
+    if isinstance(layer, keras.Model):
+        return flops(layer)
+    input_shape, output_shape = tuple(input_shape[1:]), tuple(output_shape[1:])
+    if None in input_shape or None in output_shape or not input_shape or not output_shape:
+        return 0
+    outputs = math.prod(output_shape)
+    kernel = math.prod(getattr(layer, "kernel_size", (1,)))
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return 2 * outputs * kernel
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        middle = input_shape[-1] * layer.depth_multiplier
+        return 2 * math.prod(output_shape[:-1]) * middle * (kernel + output_shape[-1])
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+        return 2 * outputs * kernel * input_shape[-1] // max(getattr(layer, "groups", 1), 1)
+    if isinstance(layer, keras.layers.Dense):
+        return 2 * outputs * input_shape[-1]
+    return 0
+
+
 def flops(model: keras.Model) -> int:
-    """Multiply-adds x 2 of one sample through the Conv2D and Dense layers of ``model`` (nested models too)."""
+    """Multiply-adds x 2 of one sample through the convolutions and dense layers of ``model`` (nested models too)."""
+    graph = model._functional if isinstance(model, keras.Sequential) else model
     total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += flops(layer)
-        elif isinstance(layer, keras.layers.Conv2D):
-            height, width, channels = layer.output.shape[1:]
-            kernel_height, kernel_width = layer.kernel_size
-            total += 2 * height * width * channels * kernel_height * kernel_width * layer.input.shape[-1]
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2 * layer.input.shape[-1] * layer.units
+    for nodes in graph._nodes_by_depth.values():
+        for node in nodes:
+            if node.operation is None or node.is_input or not node.input_tensors:
+                continue
+            total += call_flops(node.operation, node.input_tensors[0].shape, node.outputs[0].shape)
     return int(total)
 
 

@@ -250,8 +250,10 @@ def run_sweep(settings: SweepSettings, defences: list[Defence] | None = None, lo
         result = reusable_leakage(model_dir, budget, images)
         if result is None:
             if attack_data is None:
-                attack_data = evaluation.load_attack_data(base.dataset, base.data_dir, base.image_size,
-                                                          images.train_images, images.test_images)
+                shape = metrics["input_shape"]
+                attack_data = evaluation.load_attack_data(base.dataset, base.data_dir, shape[:2],
+                                                          images.train_images, images.test_images, shape[2],
+                                                          base.test_fraction)
                 log(f"training the recognizer on {len(attack_data.train_images)} raw images")
                 recognizer = evaluation.train_recognizer(metrics, attack_data.train_images, attack_data.train_labels,
                                                          images.recognizer_epochs)

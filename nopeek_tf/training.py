@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from nopeek_tf import data, distribute, loop, models
+from nopeek_tf import split as split_lib
 from nopeek_tf import model_dir as model_dir_lib
-from nopeek_tf.config import TrainConfig
+from nopeek_tf.config import ConfigError, TrainConfig
 from nopeek_tf.dcor import mean_batch_dcor
 
 
@@ -39,6 +40,7 @@ class Run:
 def describe(run: Run, split: models.SplitModel) -> str:
     """One line: the data, the model, the defence and the distribution."""
     config, info = run.config, run.raw.info
+    network = os.path.basename(config.model_file) if config.model_file else config.arch
     width = f" (client width x{config.client_width:g})" if config.client_width != 1 else ""
     width += f" + a {config.bottleneck}-channel bottleneck" if config.bottleneck else ""
     schedule = ""
@@ -50,7 +52,7 @@ def describe(run: Run, split: models.SplitModel) -> str:
         schedule += (f"; attacker-aware x{config.adversary_weight:g} above SSIM {config.adversary_ssim_threshold:g}"
                      + (" (label-aware decoder)" if config.adversary_label_aware else ""))
     return (f"{info.name}: {info.num_train} train / {info.num_test} test images {run.input_shape}, "
-            f"{info.num_classes} classes; {config.arch} cut after {config.cut}{width} -> activations "
+            f"{info.num_classes} classes; {network} cut after {config.cut}{width} -> activations "
             f"{split.activation_shape}; alpha {config.alpha:g}{schedule}; "
             f"{run.strategy.num_replicas_in_sync} replica(s), global batch {config.batch_size}"
             + ("; mixed_float16" if config.mixed_precision else ""))
@@ -63,12 +65,85 @@ def start_run(config: TrainConfig, model_dir: str | None) -> Run:
     config.validate()
     strategy = distribute.make_strategy(config)  # first: multi-worker set-up must precede other TensorFlow work
     chief = distribute.is_chief(strategy)
-    raw = data.load(config.dataset, config.data_dir)
-    shape = data.input_shape(raw.info, config.image_size)
-    config = config.with_arch(shape)
+    image_size, channels = config.image_size, config.channels or None
+    if config.model_file:
+        image_size, channels = model_file_input(config)
+    raw = data.load(config.dataset, config.data_dir, image_size, channels, config.test_fraction)
+    shape = raw.info.image_shape
+    config = resolve_user_cut(config.with_arch(shape), shape, raw.info.num_classes)
     model_dir = model_dir or model_dir_lib.default_path(config)
     model_dir_lib.prepare(model_dir, config, writer=chief)
     return Run(config, model_dir, strategy, chief, raw, tuple(shape))
+
+
+def model_file_input(config: TrainConfig) -> tuple[tuple[int, int], int]:
+    """The (image size, channels) of ``--model_file``'s input; ConfigError when the flags disagree with it."""
+    try:
+        shape = split_lib.load_model_file(config.model_file).input_shape
+    except split_lib.CutError as error:
+        raise ConfigError(str(error)) from None
+    if len(shape) != 4 or None in shape[1:]:
+        raise ConfigError(f"--model_file {config.model_file} takes input {shape}; it must take images of a fixed "
+                          "size (batch, height, width, channels)")
+    size, channels = tuple(shape[1:3]), shape[3]
+    if config.image_size and tuple(config.image_size) != size:
+        raise ConfigError(f"--image_size {config.image_size[0]}x{config.image_size[1]} does not match --model_file's "
+                          f"input {size[0]}x{size[1]}")
+    if config.channels and config.channels != channels:
+        raise ConfigError(f"--channels {config.channels} does not match --model_file's input ({channels} channels)")
+    return size, channels
+
+
+def resolve_user_cut(config: TrainConfig, shape, num_classes: int) -> TrainConfig:
+    """For --model_file or a keras.applications arch: checks the model and its cut, resolves cut "auto"."""
+    if not config.user_model:
+        return config
+    try:
+        network = split_lib.load_network(config, shape, num_classes)
+    except ValueError as error:
+        raise ConfigError(f"--arch_options: {error}" if config.arch_options else f"--arch: {error}") from None
+    outputs = network.output_shape[-1]
+    if outputs != num_classes:
+        raise ConfigError(f"--model_file outputs {outputs} classes; the dataset has {num_classes}")
+    try:
+        graph = split_lib.Graph(network)
+        cut = split_lib.default_cut(network) if config.cut in ("", "auto") else config.cut
+        graph.check_cut(cut)
+    except split_lib.CutError as error:
+        raise ConfigError(f"--cut: {error}") from None
+    return dataclasses.replace(config, cut=cut)
+
+
+def cuts_table(config: TrainConfig) -> str:
+    """The valid cuts of ``--model_file`` (or a keras.applications ``--arch``) as a table (``--list_cuts``)."""
+    config = config.with_defence()
+    config.validate()
+    if config.model_file:
+        try:
+            network = split_lib.load_model_file(config.model_file)
+        except split_lib.CutError as error:
+            raise ConfigError(str(error)) from None
+    elif config.user_model:
+        raw = data.load(config.dataset, config.data_dir, config.image_size, config.channels or None,
+                        config.test_fraction)
+        network = split_lib.load_network(config, raw.info.image_shape, raw.info.num_classes)
+    else:
+        architecture = models.get_architecture(config.with_arch(data.load(config.dataset, config.data_dir)
+                                                                .info.image_shape).arch)
+        return (f"{architecture.name} (built in) cuts after its blocks: {', '.join(architecture.cuts)} "
+                f"(default {architecture.default_cut})")
+    try:
+        cuts = split_lib.list_cuts(network)
+    except split_lib.CutError as error:
+        raise ConfigError(f"--model_file: {error}") from None
+    default = split_lib.default_cut(network)
+    lines = [f"{network.name}: {len(cuts)} valid cuts of {len(split_lib.Graph(network).layer_names)} layers "
+             f"(* the default)", f"  {'cut':34s} {'activations':>14s} {'values sent':>11s} {'client FLOPs':>12s}"]
+    for cut in cuts:
+        shape = "x".join(map(str, cut.shape))
+        lines.append(f"{'*' if cut.name == default else ' '} {cut.name:34s} {shape:>14s} {cut.values:11d} "
+                     f"{100 * cut.client_flops_share:11.1f}%")
+    return "\n".join(lines)
 
 
 def build_model(run: Run) -> tuple[models.SplitModel, loop.Trainer]:
@@ -80,17 +155,14 @@ def build_model(run: Run) -> tuple[models.SplitModel, loop.Trainer]:
     config = run.config
     with models.dtype_policy("mixed_float16" if config.mixed_precision else None):
         with run.strategy.scope():
-            noise = (config.noise, config.noise_scale) if config.noise != "none" else None
-            split = models.build_split_model(config.arch, run.input_shape, run.raw.info.num_classes, config.cut,
-                                             config.alpha, noise=noise, client_width=config.client_width,
-                                             bottleneck=config.bottleneck)
-        trainer = loop.Trainer(split, run.strategy, config.learning_rate, config.mixed_precision,
+            split_model = split_lib.split_for_config(config, run.input_shape, run.raw.info.num_classes)
+        trainer = loop.Trainer(split_model, run.strategy, config.learning_rate, config.mixed_precision,
                                adversary=make_adversary(run))
         with run.strategy.scope():
-            split.full.compile(optimizer=trainer.optimizer,
-                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                               metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    return split, trainer
+            split_model.full.compile(optimizer=trainer.optimizer,
+                                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                     metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return split_model, trainer
 
 
 def make_adversary(run: Run) -> loop.Adversary | None:
@@ -102,7 +174,7 @@ def make_adversary(run: Run) -> loop.Adversary | None:
     if config.adversary_label_aware:
         from nopeek_tf.attacks import class_means
 
-        images, labels = data.to_arrays(run.raw.train, config.image_size)
+        images, labels = data.to_arrays(run.raw.train)
         means = class_means(images, labels, np.arange(run.raw.info.num_classes))
     return loop.Adversary(config.adversary_weight, config.adversary_ssim_threshold, config.adversary_width, means)
 
@@ -144,7 +216,7 @@ class EpochReporter:
 
 def test_images(run: Run, limit: int | None = None) -> np.ndarray:
     """The (first ``limit``) test images as the model sees them, float [0, 1]."""
-    return data.to_arrays(run.raw.test, run.config.image_size, limit)[0]
+    return data.to_arrays(run.raw.test, limit=limit)[0]
 
 
 def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> tuple[int, float]:
@@ -154,7 +226,7 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> t
       (epochs run in this call, their seconds).
     """
     config = run.config
-    train_data = trainer.distribute(run.raw.train, config.batch_size, config.seed, config.image_size)
+    train_data = trainer.distribute(run.raw.train, config.batch_size, config.seed)
     steps = trainer.steps_per_epoch(run.raw.info.num_train, config.batch_size)
     checkpoints = loop.Checkpoints(os.path.join(run.model_dir, model_dir_lib.CHECKPOINT_DIR), trainer, run.chief)
     first_epoch = checkpoints.restore()
@@ -221,7 +293,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
     keras.utils.set_random_seed(run.config.seed)
     split, trainer = build_model(run)
     print(describe(run, split), flush=True)
-    test_ds = data.make_pipeline(run.raw.test, run.config.batch_size, False, run.config.seed, run.config.image_size)
+    test_ds = data.make_pipeline(run.raw.test, run.config.batch_size, False, run.config.seed)
     epochs_run, seconds = fit(run, split, trainer, test_ds)
     distribute.peers_met(run.strategy)
     metrics = {
@@ -230,6 +302,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         "activation_shape": list(split.activation_shape),
         **sent_size(split),
         "input_shape": list(run.input_shape),
+        "network": os.path.basename(run.config.model_file) if run.config.model_file else run.config.arch,
         "num_classes": run.raw.info.num_classes,
         "class_names": list(run.raw.info.class_names),
         "data_source": run.raw.info.source,

