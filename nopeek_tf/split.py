@@ -38,6 +38,9 @@ from nopeek_tf import models
 APPLICATIONS = ("MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0")
 
 
+BATCH_NORM_MOMENTUM = 0.99  # of keras.applications networks trained from scratch (build_application)
+
+
 class CutError(ValueError):
     """A cut that cannot split the model; the message contains the word "cut" and says why."""
 
@@ -337,6 +340,9 @@ def build_application(name: str, input_shape: Sequence[int], num_classes: int,
       num_classes: the classes of the top layer.
       options: the builder's own keyword arguments, e.g. ``{"alpha": 0.35}`` for MobileNet.
 
+    Its batch normalisation layers get momentum :data:`BATCH_NORM_MOMENTUM` (Keras's default) instead of
+    the applications' 0.999, so that short runs from scratch infer with settled statistics.
+
     Raises:
       ValueError: an unknown name or an option the builder does not take (the message names it).
     """
@@ -348,9 +354,15 @@ def build_application(name: str, input_shape: Sequence[int], num_classes: int,
         kwargs["include_preprocessing"] = False  # pixels arrive in [0, 1], not [0, 255]
     kwargs.update(options or {})
     try:
-        return builder(**kwargs)
+        network = builder(**kwargs)
     except TypeError as error:
         raise ValueError(f"{name}: {error}") from None
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # keras.applications use momentum 0.999 (for long ImageNet runs): after a few epochs from scratch the
+            # moving statistics are still near their start and inference fails; Keras's default fits short runs.
+            layer.momentum = BATCH_NORM_MOMENTUM
+    return network
 
 
 def parse_options(text: Sequence[str] | None) -> dict[str, Any]:

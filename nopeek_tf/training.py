@@ -61,7 +61,7 @@ def describe(run: Run, split: models.SplitModel) -> str:
 def start_run(config: TrainConfig, model_dir: str | None) -> Run:
     """Applies the recommended defence if asked, checks the settings, makes the strategy, loads the data,
     resolves arch/cut and prepares the model dir."""
-    config = config.with_defence()
+    config = config.with_defence().with_dataset_defaults()
     config.validate()
     strategy = distribute.make_strategy(config)  # first: multi-worker set-up must precede other TensorFlow work
     chief = distribute.is_chief(strategy)
@@ -227,6 +227,8 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> t
     """
     config = run.config
     train_data = trainer.distribute(run.raw.train, config.batch_size, config.seed)
+    # Its own stream, so that the training stream's shuffles (which a resumed run replays) stay as they were.
+    refresh_data = trainer.distribute(run.raw.train, config.batch_size, config.seed + 1)
     steps = trainer.steps_per_epoch(run.raw.info.num_train, config.batch_size)
     checkpoints = loop.Checkpoints(os.path.join(run.model_dir, model_dir_lib.CHECKPOINT_DIR), trainer, run.chief)
     first_epoch = checkpoints.restore()
@@ -249,6 +251,7 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> t
 
         train_logs = trainer.train_epoch(train_data, steps, before_step)
         distribute.peers_met(run.strategy)
+        trainer.refresh_batch_norm(refresh_data)
         validation_logs = trainer.evaluate(test_ds)
         checkpoints.save(epoch + 1)
         report(epoch, train_logs, validation_logs, steps, time.time() - epoch_started)
