@@ -89,7 +89,7 @@ def test_base_values_hold_where_no_flag_is_given():
 
 @pytest.mark.parametrize("config, message", [
     (config_lib.TrainConfig(alpha=-1), "--alpha must be >= 0, got -1"),
-    (config_lib.TrainConfig(batch_size=1), "--batch_size must be at least 2 (dCor is computed over pairs), got 1"),
+    (config_lib.TrainConfig(batch_size=1), "--batch_size must be at least 2 (dCor is computed over pairs), or 0 for the dataset's default, got 1"),
     (config_lib.TrainConfig(client_width=0), "--client_width must be > 0, got 0"),
     (config_lib.TrainConfig(noise="pink"), "--noise must be one of none, gaussian, uniform, got 'pink'"),
     (config_lib.TrainConfig(noise="gaussian"), "--noise_scale must be > 0 with --noise=gaussian/uniform"),
