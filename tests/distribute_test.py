@@ -1,6 +1,7 @@
 """tf.distribute through the one training loop: the global-batch dCor, steps equal to the single-device
 step under mirrored and multi-worker, chief-only writes, resume after a kill, and an unreachable peer."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,10 +21,11 @@ from nopeek_tf.distribute import free_ports
 STEP_SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed_step.py")
 
 
-def _run_step(tmp_path, kind, replicas=None, adversary=False):
-    output = tmp_path / f"step_{kind}_{replicas}_{adversary}.npz"
+def _run_step(tmp_path, kind, replicas=None, adversary=False, user_model=False):
+    output = tmp_path / f"step_{kind}_{replicas}_{adversary}_{user_model}.npz"
     args = [kind, *([str(replicas)] if replicas else []), str(output)]
-    env = {**os.environ, **({"NOPEEK_STEP_ADVERSARY": "1"} if adversary else {})}
+    env = {**os.environ, **({"NOPEEK_STEP_ADVERSARY": "1"} if adversary else {}),
+           **({"NOPEEK_STEP_USER_MODEL": "1"} if user_model else {})}
     result = subprocess.run([sys.executable, STEP_SCRIPT, *args], capture_output=True, text=True, timeout=600,
                             env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,6 +56,37 @@ def test_mirrored_step_with_attacker_aware_training_equals_single_device_step(tm
     assert len(weights) > 10  # the model's 10 and the decoder's
     for name in weights:
         np.testing.assert_allclose(mirrored[name], single[name], atol=1e-5)
+
+
+def test_mirrored_step_of_a_split_user_model_equals_single_device_step(tmp_path):
+    """A user's Sequential model (ending in softmax) split at a named layer: the global-batch dCor and the
+    same step under 2 replicas as on one device."""
+    _assert_same_step(_run_step(tmp_path, "mirrored", 2, user_model=True),
+                      _run_step(tmp_path, "single", user_model=True))
+
+
+def test_a_user_model_with_batch_norm_and_dropout_trains_mirrored_attacker_aware_and_resumes(tmp_path):
+    model_file = str(tmp_path / "bn.keras")
+    keras.utils.set_random_seed(0)
+    image = keras.Input((28, 23, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(image)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dropout(0.3, name="drop")(x)
+    keras.Model(image, keras.layers.Dense(40, name="out")(x)).save(model_file)
+    config = config_lib.TrainConfig(dataset="orl_faces", model_file=model_file, cut="pool", batch_size=8, epochs=1,
+                                    alpha=1.0, adversary_weight=1.0, adversary_width=4, strategy="mirrored",
+                                    devices=("/cpu:0", "/cpu:1"), dcor_batch_size=50, verbose=0)
+    model_dir = str(tmp_path / "run")
+    first = training.train_and_evaluate(config, model_dir)
+    assert first["input_shape"] == [28, 23, 1] and first["replicas"] == 2 and first["epochs_run_now"] == 1
+    second = training.train_and_evaluate(dataclasses.replace(config, epochs=2), model_dir)
+    assert second["epochs_run_now"] == 1 and second["test_accuracy"] > 1 / 40
+    saved = models.split_halves(keras.models.load_model(os.path.join(model_dir, "model.keras"), compile=False))
+    moving_mean = saved.client.get_layer("bn").moving_mean.numpy()
+    assert np.abs(moving_mean).max() > 0  # the statistics were estimated, not left at their start
 
 
 @pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])

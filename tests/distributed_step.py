@@ -11,7 +11,8 @@ and the weights after it to an .npz file.
   TF_CONFIG=... python tests/distributed_step.py multi_worker OUTPUT.npz
 
 With NOPEEK_STEP_ADVERSARY=1 the step also trains an in-loop decoder (attacker-aware
-training); its weights after the step are written too.
+training); its weights after the step are written too. With NOPEEK_STEP_USER_MODEL=1 the
+model is a user's Keras model split by nopeek_tf.split.split_model instead of mnist_cnn.
 """
 
 import os
@@ -42,7 +43,17 @@ def one_step(strategy):
 
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        split = models.build_split_model("mnist_cnn", (28, 28, 1), 10, alpha=ALPHA)
+        if os.environ.get("NOPEEK_STEP_USER_MODEL"):
+            from nopeek_tf.split import split_model
+
+            user = keras.Sequential([
+                keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="c1"),
+                keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="c2"),
+                keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="c3"), keras.layers.Flatten(name="f"),
+                keras.layers.Dense(16, activation="relu", name="d1"), keras.layers.Dense(10, activation="softmax")])
+            split = split_model(user, "c2", alpha=ALPHA)
+        else:
+            split = models.build_split_model("mnist_cnn", (28, 28, 1), 10, alpha=ALPHA)
     adversary = loop.Adversary(weight=1.0, threshold=0.0, width=8) if os.environ.get("NOPEEK_STEP_ADVERSARY") else None
     trainer = loop.Trainer(split, strategy, LEARNING_RATE, optimizer=keras.optimizers.SGD, adversary=adversary)
     before = [w.numpy().copy() for w in split.full.trainable_weights]

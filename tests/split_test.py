@@ -219,6 +219,20 @@ def test_your_own_model_on_a_folder_of_colour_pngs_end_to_end(tmp_path):
     assert metrics["network"] == "mine.keras" and metrics["cut"] == "block_add"
     assert 0 < metrics["client_flops_share"] < 1
 
+    from nopeek_tf import evaluation
+    from nopeek_tf.config import AttackBudget, EvaluationConfig
+
+    leakage = evaluation.evaluate_leakage(
+        model_dir, budget=AttackBudget(decoder_epochs=2, decoder_width=4, leaked_fraction=0.5, inversion_steps=5,
+                                       inversion_images=4),
+        evaluation=EvaluationConfig(test_images=12, recognizer_epochs=1))
+    attacks = {attack["attack"]: attack for attack in leakage["attacks"]}
+    assert set(attacks) == {"leaked_pairs", "public_client", "public_client_residual", "label_aware", "inversion"}
+    assert 0 < leakage["floor_ssim"] < 1 and leakage["excess_ssim"] == pytest.approx(
+        leakage["worst_ssim"] - leakage["floor_ssim"])
+    reconstructions = np.load(os.path.join(model_dir, "reconstructions.npz"))
+    assert reconstructions["original"].shape[1:] == (28, 23, 3) and reconstructions["label_aware"].shape[-1] == 3
+
     manifest = export.export_model(export.ExportConfig(model_dir=model_dir, export_dir=str(tmp_path / "export"),
                                                        parity_images=12, representative_images=20),
                                    log=lambda *_: None)
