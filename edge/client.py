@@ -27,9 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from .transport import EdgeError, GrpcTransport, RestTransport, TlsFiles, with_retries
-from nopeek_tf import manifest as manifest_lib
+from nopeek_tf.device import manifest as manifest_lib
 from nopeek_tf import runtime
-from nopeek_tf.litert import ClientRunner
+from nopeek_tf.device.litert import ClientRunner
 
 IMAGE_EXTENSIONS = (".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from nopeek_tf.manifest import ACTIVATIONS_INPUT
+from nopeek_tf.device.manifest import ACTIVATIONS_INPUT
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 TRANSIENT_HTTP_STATUSES = (502, 503, 504)

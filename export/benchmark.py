@@ -27,9 +27,9 @@ import sys
 
 from absl import flags
 
-from nopeek_tf import manifest as manifest_lib
+from nopeek_tf.device import manifest as manifest_lib
 from nopeek_tf import runtime
-from nopeek_tf.litert import ClientRunner
+from nopeek_tf.device.litert import ClientRunner
 
 FLAGS = flags.FLAGS
 
@@ -65,7 +65,7 @@ def layer_breakdown(model_dir: str, runs: int, warmup: int, log=print) -> list[d
     import keras
 
     from nopeek_tf import model_dir as model_dir_lib
-    from nopeek_tf.litert import LiteRTModel
+    from nopeek_tf.device.litert import LiteRTModel
 
     from .export import convert_client
 

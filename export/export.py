@@ -38,10 +38,10 @@ from absl import flags
 
 from nopeek_tf import config as config_lib
 from nopeek_tf import files
-from nopeek_tf import manifest as manifest_lib
+from nopeek_tf.device import manifest as manifest_lib
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import runtime
-from nopeek_tf.litert import ClientRunner
+from nopeek_tf.device.litert import ClientRunner
 
 CLIENT_DIR = "client"
 SERVING_DIR = "serving"
@@ -274,7 +274,7 @@ class ExportImages:
 
 def load_export_images(config: ExportConfig, metrics: dict) -> ExportImages:
     """Calibration images (training split) and parity images (test split) of the model's dataset."""
-    from nopeek_tf import data
+    from nopeek_tf.training import data
 
     raw = data.load_as_trained(metrics)
     train_pixels, _ = _take_pixels(raw.train.shuffle(10_000, seed=0), config.representative_images)
@@ -406,7 +406,7 @@ def main(argv):
     if not FLAGS.model_dir:
         sys.exit("error: --model_dir is required (a folder written by python -m train.train)")
     runtime.start_tensorflow_script(argv)
-    from nopeek_tf.data import DatasetError
+    from nopeek_tf.training.data import DatasetError
 
     try:
         export_model(config_lib.from_flags(ExportConfig))

@@ -213,7 +213,7 @@ class TrainConfig(Settings):
             raise ConfigError(f"--client_width needs a built-in --arch ({', '.join(BUILT_IN_ARCHITECTURES)}); "
                               "use --bottleneck")
         if self.arch in BUILT_IN_ARCHITECTURES:
-            from nopeek_tf import models  # imports TensorFlow: only when arch is named
+            from nopeek_tf.core import models  # imports TensorFlow: only when arch is named
 
             try:
                 models.resolve_cut(self.arch, self.cut)
@@ -265,7 +265,7 @@ class TrainConfig(Settings):
         recommended = RECOMMENDED_DEFENCE.get(self.dataset)
         if self.user_model:
             return ("defence: as given (a measured recommendation exists only for the built-in architectures; "
-                    "docs/frontiers.md has MobileNetV2's)")
+                    "docs/your_model.md has MobileNetV2's)")
         if recommended is None:
             return f"defence: no measured recommendation for {self.dataset}; training the flags as given"
         flags_text = " ".join(flag_text(name, value) for name, value in recommended.items())
@@ -276,7 +276,7 @@ class TrainConfig(Settings):
 
     def with_arch(self, image_shape: Sequence[int]) -> "TrainConfig":
         """Replaces arch/cut "auto" with the dataset's default architecture and its default cut."""
-        from nopeek_tf import models
+        from nopeek_tf.core import models
 
         if self.user_model:
             return self

@@ -51,7 +51,7 @@ def load(model_dir: str):
     metrics = read_metrics(model_dir)
     import keras
 
-    from nopeek_tf import models
+    from nopeek_tf.core import models
 
     return models.split_halves(keras.models.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)), metrics
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags
 
-from nopeek_tf import manifest as manifest_lib
+from nopeek_tf.device import manifest as manifest_lib
 from nopeek_tf import runtime
 
 FLAGS = flags.FLAGS
@@ -44,7 +44,7 @@ def start_server(model_name: str, base_path: str, batching_file: str | None) -> 
     """python -m serving.server on free loopback ports; returns (process, rest port, grpc port) once it answers."""
     import requests
 
-    from nopeek_tf.distribute import free_ports
+    from nopeek_tf.training.distribute import free_ports
 
     rest_port, grpc_port = free_ports(2)
     args = [sys.executable, "-m", f"{__package__ or 'serving'}.server", f"--model_name={model_name}", f"--model_base_path={base_path}",

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from nopeek_tf import config as config_lib
-from nopeek_tf import sweep
+from nopeek_tf.privacy import sweep
 from tests.conftest import REPO_ROOT
 from train import sweep as sweep_script
 

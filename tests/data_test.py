@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from nopeek_tf import data
+from nopeek_tf.training import data
 
 
 def test_orl_faces_split_is_fixed_7_train_3_test_per_person():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nopeek_tf.dcor import distance_correlation, pairwise_distances
+from nopeek_tf.core.dcor import distance_correlation, pairwise_distances
 
 SIZES = [2, 3, 16, 128, 512]
 FEATURES = [1, 5, 300, 3000]

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from nopeek_tf import config as config_lib
-from nopeek_tf import models, training
-from nopeek_tf.dcor import distance_correlation
+from nopeek_tf.core import models
+from nopeek_tf import training
+from nopeek_tf.core.dcor import distance_correlation
 from tests.conftest import REPO_ROOT
-from nopeek_tf.distribute import free_ports
+from nopeek_tf.training.distribute import free_ports
 
 STEP_SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed_step.py")
 
@@ -76,14 +77,19 @@ def test_a_user_model_with_batch_norm_and_dropout_trains_mirrored_attacker_aware
     x = keras.layers.Flatten(name="flat")(x)
     x = keras.layers.Dropout(0.3, name="drop")(x)
     keras.Model(image, keras.layers.Dense(40, name="out")(x)).save(model_file)
-    config = config_lib.TrainConfig(dataset="orl_faces", model_file=model_file, cut="pool", batch_size=8, epochs=1,
-                                    alpha=1.0, adversary_weight=1.0, adversary_width=4, strategy="mirrored",
-                                    devices=("/cpu:0", "/cpu:1"), dcor_batch_size=50, verbose=0)
     model_dir = str(tmp_path / "run")
-    first = training.train_and_evaluate(config, model_dir)
-    assert first["input_shape"] == [28, 23, 1] and first["replicas"] == 2 and first["epochs_run_now"] == 1
-    second = training.train_and_evaluate(dataclasses.replace(config, epochs=2), model_dir)
-    assert second["epochs_run_now"] == 1 and second["test_accuracy"] > 1 / 40
+    # In its own processes: two MirroredStrategy runs in one process would share collective instance keys.
+    command = [sys.executable, "-m", "train.train", "--dataset=orl_faces", f"--model_file={model_file}", "--cut=pool",
+               "--batch_size=8", "--alpha=1", "--adversary_weight=1", "--adversary_width=4", "--strategy=mirrored",
+               "--cpu_devices=2", "--dcor_batch_size=50", f"--model_dir={model_dir}"]
+    for epochs in (1, 2):
+        result = subprocess.run([*command, f"--epochs={epochs}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        assert metrics["epochs_run_now"] == 1 and metrics["replicas"] == 2, metrics
+    assert metrics["input_shape"] == [28, 23, 1] and metrics["test_accuracy"] > 1 / 40
     saved = models.split_halves(keras.models.load_model(os.path.join(model_dir, "model.keras"), compile=False))
     moving_mean = saved.client.get_layer("bn").moving_mean.numpy()
     assert np.abs(moving_mean).max() > 0  # the statistics were estimated, not left at their start

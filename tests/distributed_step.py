@@ -39,12 +39,14 @@ def one_step(strategy):
     """Loss, dCor metric, gradients and new weights (the model's, then the in-loop decoder's) of one step."""
     import keras
 
-    from nopeek_tf import loop, models
+    from nopeek_tf.training import loop
+
+    from nopeek_tf.core import models
 
     with strategy.scope():
         keras.utils.set_random_seed(0)
         if os.environ.get("NOPEEK_STEP_USER_MODEL"):
-            from nopeek_tf.split import split_model
+            from nopeek_tf.core.split import split_model
 
             user = keras.Sequential([
                 keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="c1"),

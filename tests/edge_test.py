@@ -21,10 +21,11 @@ from edge import transport
 from edge.client import EdgeClient, load_image
 from edge.proto import predict_pb2 as edge_predict
 from edge.transport import EdgeError, TlsFiles
-from nopeek_tf import data, models
-from nopeek_tf.litert import ClientRunner
+from nopeek_tf.training import data
+from nopeek_tf.core import models
+from nopeek_tf.device.litert import ClientRunner
 from tests.conftest import REPO_ROOT
-from nopeek_tf.distribute import free_ports
+from nopeek_tf.training.distribute import free_ports
 from tests.local_server import LocalServer
 
 MODEL = "nopeek_orl_faces"

@@ -15,7 +15,7 @@ from tests.conftest import REPO_ROOT
 @pytest.mark.slow
 def test_quick_start(tmp_path):
     """The README's main job: train ORL with the recommended defence, attack, export, serve, classify on the edge."""
-    from nopeek_tf.distribute import free_ports
+    from nopeek_tf.training.distribute import free_ports
 
     run_dir = tmp_path / "run"
     rest_port, grpc_port = free_ports(2)

@@ -15,8 +15,8 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from export import export
-from nopeek_tf import manifest as manifest_lib
-from nopeek_tf.litert import LiteRTModel
+from nopeek_tf.device import manifest as manifest_lib
+from nopeek_tf.device.litert import LiteRTModel
 from tests.conftest import REPO_ROOT
 
 

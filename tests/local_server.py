@@ -3,7 +3,7 @@
 import asyncio
 import threading
 
-from nopeek_tf.distribute import free_ports
+from nopeek_tf.training.distribute import free_ports
 from serving import server
 from serving.servables import ModelManager
 

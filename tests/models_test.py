@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from nopeek_tf import models
-from nopeek_tf.dcor import distance_correlation
+from nopeek_tf.core import models
+from nopeek_tf.core.dcor import distance_correlation
 
 INPUT_SHAPES = {"mnist_cnn": (28, 28, 1), "orl_cnn": (56, 46, 1), "resnet_small": (32, 32, 3)}
 

@@ -72,7 +72,7 @@ def test_device_install_without_tensorflow_at_the_lowest_protobuf_and_grpcio(whe
 
     export_dir, _ = exported
     from edge.client import EdgeClient
-    from nopeek_tf import data
+    from nopeek_tf.training import data
     faces = [os.path.join(data.orl_faces_dir(), "s1", "1.pgm"), os.path.join(data.orl_faces_dir(), "s7", "3.pgm")]
     server = LocalServer({MODEL: os.path.join(export_dir, "serving", MODEL)})
     try:
@@ -125,7 +125,7 @@ def test_edge_client_in_an_emulated_raspberry_pi_userland(wheel, exported, tmp_p
 
     export_dir, _ = exported
     from edge.client import EdgeClient
-    from nopeek_tf import data
+    from nopeek_tf.training import data
     faces = [os.path.join(data.orl_faces_dir(), f"s{person}", "1.pgm") for person in (1, 9, 17, 33)]
     job = tempfile.mkdtemp(dir=os.path.join(PI_ROOTFS, "tmp"))
     shutil.copytree(os.path.join(export_dir, "client"), os.path.join(job, "client"))

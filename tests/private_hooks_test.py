@@ -9,7 +9,7 @@ import keras
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from nopeek_tf import models
+from nopeek_tf.core import models
 
 HOOKS = [
     (keras.layers.Layer, "_get_own_losses", "models.NoPeekLayer: counts each replica's own dCor loss"),

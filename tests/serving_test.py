@@ -253,7 +253,7 @@ def test_cli_serves_the_models_config(exported, tmp_path):
     config = tmp_path / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "{MODEL}" '
                       f'base_path: "{os.path.join(export_dir, "serving", MODEL)}" model_platform: "tensorflow" }} }}')
-    from nopeek_tf.distribute import free_ports
+    from nopeek_tf.training.distribute import free_ports
     rest_port, grpc_port = free_ports(2)
     process = subprocess.Popen([sys.executable, "-m", "serving.server", f"--model_config_file={config}",
                                 f"--rest_api_port={rest_port}", f"--port={grpc_port}"], cwd=REPO_ROOT,
@@ -298,7 +298,7 @@ def test_cli_takes_the_deployment_files_flags_and_drains_on_sigterm(exported, tm
     flags = _deployment_flags()
     assert {"--model_config_file", "--enable_batching", "--batching_parameters_file",
             "--file_system_poll_wait_seconds", "--model_config_file_poll_wait_seconds"} <= set(flags)
-    from nopeek_tf.distribute import free_ports
+    from nopeek_tf.training.distribute import free_ports
     rest_port, grpc_port = free_ports(2)
     flags["--port"], flags["--rest_api_port"] = f"--port={grpc_port}", f"--rest_api_port={rest_port}"
     args = [flag.replace("=/models/", f"={models}/") for flag in flags.values()]

@@ -9,7 +9,9 @@ import tensorflow as tf
 from PIL import Image
 
 from nopeek_tf import config as config_lib
-from nopeek_tf import data, models, split, training
+from nopeek_tf.training import data
+from nopeek_tf.core import models, split
+from nopeek_tf import training
 
 ORL = data.orl_faces_dir()
 
@@ -219,7 +221,7 @@ def test_your_own_model_on_a_folder_of_colour_pngs_end_to_end(tmp_path):
     assert metrics["network"] == "mine.keras" and metrics["cut"] == "block_add"
     assert 0 < metrics["client_flops_share"] < 1
 
-    from nopeek_tf import evaluation
+    from nopeek_tf.privacy import evaluation
     from nopeek_tf.config import AttackBudget, EvaluationConfig
 
     leakage = evaluation.evaluate_leakage(

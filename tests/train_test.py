@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nopeek_tf import models
+from nopeek_tf.core import models
 from nopeek_tf import config as config_lib
 from nopeek_tf import training
 from tests.conftest import REPO_ROOT
@@ -80,7 +80,7 @@ def test_bad_settings_name_the_flag(tmp_path, config, flag):
 
 
 def test_unknown_dataset_is_named_and_nothing_is_written(tmp_path):
-    from nopeek_tf.data import DatasetError
+    from nopeek_tf.training.data import DatasetError
 
     with pytest.raises(DatasetError, match="^dataset no_such_dataset is not available offline"):
         training.train_and_evaluate(config_lib.TrainConfig(dataset="no_such_dataset", verbose=0),

@@ -44,7 +44,7 @@ def benchmark_dcor(n: int, x_features: int, z_features: int, repeats: int) -> di
     import numpy as np
     import tensorflow as tf
 
-    from nopeek_tf.dcor import distance_correlation
+    from nopeek_tf.core.dcor import distance_correlation
 
     rng = np.random.default_rng(0)
     x_np = rng.uniform(size=(n, x_features)).astype(np.float32)
@@ -89,7 +89,7 @@ def _model_and_batch(batch_size: int, alpha: float, strategy=None):
     import numpy as np
     import tensorflow as tf
 
-    from nopeek_tf import models
+    from nopeek_tf.core import models
 
     strategy = strategy or tf.distribute.get_strategy()
     rng = np.random.default_rng(0)
@@ -107,7 +107,7 @@ def loop_step_seconds(batch_size: int, alpha: float, repeats: int, strategy=None
     The batches come from the same cached pipeline as :func:`fit_step_seconds`'s,
     split over the replicas by the strategy.
     """
-    from nopeek_tf import data, loop
+    from nopeek_tf.training import data, loop
 
     import tensorflow as tf
 
@@ -123,7 +123,7 @@ def fit_step_seconds(batch_size: int, alpha: float, repeats: int) -> float:
     """Median step time of Keras fit (one epoch of ``repeats`` steps per measurement, divided)."""
     import keras
 
-    from nopeek_tf import data
+    from nopeek_tf.training import data
 
     split, dataset = _model_and_batch(batch_size, alpha)
     split.full.compile(optimizer=keras.optimizers.Adam(1e-3),
@@ -149,7 +149,7 @@ def benchmark_steps(batch_sizes, repeats: int) -> list[dict]:
 def _measure_in_this_process() -> dict:
     """One strategy's loop examples/s (the --measure mode, run in a fresh process per strategy)."""
     from nopeek_tf import config as config_lib
-    from nopeek_tf import distribute
+    from nopeek_tf.training import distribute
 
     strategy = distribute.make_strategy(config_lib.TrainConfig(
         strategy=FLAGS.measure, batch_size=FLAGS.global_batch, cpu_devices=2 if FLAGS.measure == "mirrored" else 0))
@@ -168,7 +168,7 @@ def benchmark_strategies(global_batch: int, repeats: int) -> list[dict]:
                        f"--global_batch={global_batch}", f"--step_repeats={repeats}"]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
             if strategy == "multi_worker":
-                from nopeek_tf.distribute import free_ports
+                from nopeek_tf.training.distribute import free_ports
 
                 cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
                 workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={

@@ -44,11 +44,11 @@ def define_flags() -> None:
 
 def main(argv):
     runtime.start_tensorflow_script(argv)
-    from nopeek_tf import evaluation
-    from nopeek_tf.data import DatasetError
+    from nopeek_tf.privacy import evaluation
+    from nopeek_tf.training.data import DatasetError
 
     if FLAGS.tflite:
-        from nopeek_tf import manifest as manifest_lib
+        from nopeek_tf.device import manifest as manifest_lib
 
         if not os.path.isfile(FLAGS.tflite):
             sys.exit(f"error: --tflite {FLAGS.tflite}: no such file")

@@ -51,7 +51,7 @@ def define_flags() -> None:
 
 def main(argv):
     runtime.start_tensorflow_script(argv)
-    from nopeek_tf.data import DatasetError
+    from nopeek_tf.training.data import DatasetError
     from nopeek_tf.training import cuts_table, train_and_evaluate
 
     try:

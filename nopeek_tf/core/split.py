@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import keras
 
-from nopeek_tf import models
+from nopeek_tf.core import models
 
 # keras.applications networks that the command line builds by name (any other
 # keras.applications builder name works too; these are the ones tested).

@@ -19,10 +19,14 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from nopeek_tf import attacks, data, files, plots
+from nopeek_tf.privacy import attacks, plots
+
+from nopeek_tf.training import data
+
+from nopeek_tf import files
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.config import AttackBudget, EvaluationConfig
-from nopeek_tf.dcor import mean_batch_dcor
+from nopeek_tf.core.dcor import mean_batch_dcor
 
 GRID_IMAGES = 8  # scored images kept in reconstructions.npz/png
 # metrics.json settings copied into leakage.json, so that a result says what it attacked.
@@ -55,7 +59,7 @@ def train_recognizer(metrics: dict, images: np.ndarray, labels: np.ndarray, epoc
     Not the attacked model: it would recognise an inverted image from the very
     activations the inversion matched.
     """
-    from nopeek_tf import split
+    from nopeek_tf.core import split
     from nopeek_tf.config import TrainConfig
 
     keras.utils.set_random_seed(1)
@@ -74,7 +78,7 @@ def tflite_client(path: str):
     Returns:
       (the function, the client's variant name).
     """
-    from nopeek_tf.litert import ClientRunner
+    from nopeek_tf.device.litert import ClientRunner
 
     runner = ClientRunner.from_file(path)
     return runner.from_float_images, runner.client.variant

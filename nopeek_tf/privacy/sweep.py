@@ -24,7 +24,9 @@ import os
 
 import numpy as np
 
-from nopeek_tf import files, plots
+from nopeek_tf import files
+
+from nopeek_tf.privacy import plots
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.config import (AttackBudget, ConfigError, EvaluationConfig, Settings, TrainConfig, default_arch,
                               resumable_fields, setting)
@@ -117,7 +119,7 @@ def plan(alphas, gaussian, uniform, cuts, noise_cuts=None, adversary_weights=())
 
 def resolve_cuts(base: TrainConfig, cuts) -> list[str]:
     """The cuts by name ("auto" becomes the architecture's default), so that run folders say where the cut is."""
-    from nopeek_tf import models
+    from nopeek_tf.core import models
 
     arch = base.arch if base.arch != "auto" else default_arch(base.dataset)
     if arch is None:
@@ -162,7 +164,7 @@ def reusable_leakage(model_dir: str, budget: AttackBudget, evaluation: Evaluatio
     result = model_dir_lib.read_leakage(model_dir)
     if result is None or not os.path.exists(os.path.join(model_dir, model_dir_lib.RECONSTRUCTIONS_FILE)):
         return None
-    from nopeek_tf.attacks import ATTACKS
+    from nopeek_tf.privacy.attacks import ATTACKS
 
     same = (result.get("budget") == dataclasses.asdict(budget) and result.get("client") == "keras"
             and {attack["attack"] for attack in result.get("attacks", [])} == set(ATTACKS)
@@ -227,7 +229,7 @@ def run_sweep(settings: SweepSettings, defences: list[Defence] | None = None, lo
     """
     import keras
 
-    from nopeek_tf import evaluation
+    from nopeek_tf.privacy import evaluation
     from nopeek_tf.training import train_and_evaluate
 
     settings.sweep.validate()

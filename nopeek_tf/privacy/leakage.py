@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from nopeek_tf.dcor import mean_batch_dcor as _mean_batch_dcor
+from nopeek_tf.core.dcor import mean_batch_dcor as _mean_batch_dcor
 
 
 def mean_batch_dcor(client: Callable, images: tf.data.Dataset, batch_size: int) -> tuple[float, int]:

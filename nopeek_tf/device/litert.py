@@ -92,7 +92,7 @@ class ClientRunner:
         """
         import os
 
-        from nopeek_tf import manifest as manifest_lib
+        from nopeek_tf.device import manifest as manifest_lib
 
         if manifest is None:
             manifest = os.path.dirname(os.path.abspath(tflite_path))
@@ -102,7 +102,7 @@ class ClientRunner:
 
     def inputs(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels [N, H, W, C] of the manifest's size -> the client's input batch."""
-        from nopeek_tf import manifest as manifest_lib
+        from nopeek_tf.device import manifest as manifest_lib
 
         return manifest_lib.client_input(pixels, self.preprocessing, self.client)
 
@@ -114,7 +114,7 @@ class ClientRunner:
 
     def float_activations(self, pixels: np.ndarray) -> np.ndarray:
         """The activations as float32 (an int8 client's dequantized), as the server half reads them."""
-        from nopeek_tf import manifest as manifest_lib
+        from nopeek_tf.device import manifest as manifest_lib
 
         activations = self.send(pixels)
         if self.client.output.quantization is not None:

@@ -15,7 +15,8 @@ import os
 from collections.abc import Sequence
 
 from nopeek_tf import config as config_lib
-from nopeek_tf import files, plots, sweep
+from nopeek_tf import files
+from nopeek_tf.privacy import plots, sweep
 from nopeek_tf import model_dir as model_dir_lib
 
 TABLE_FILE = "frontier.md"

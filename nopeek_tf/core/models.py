@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nopeek_tf.dcor import distance_correlation
+from nopeek_tf.core.dcor import distance_correlation
 
 CLIENT_NAME = "client"
 SERVER_NAME = "server"

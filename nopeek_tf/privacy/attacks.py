@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from nopeek_tf.config import AttackBudget  # noqa: F401  (the attacks' budget; defined with its flags)
-from nopeek_tf.dcor import mean_batch_dcor
+from nopeek_tf.core.dcor import mean_batch_dcor
 
 ATTACKS = ("leaked_pairs", "public_client", "public_client_residual", "label_aware", "inversion")
 DECODER_FAMILIES = ("upsampling", "residual")

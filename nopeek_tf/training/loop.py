@@ -33,7 +33,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nopeek_tf import data, files, models
+from nopeek_tf.training import data
+
+from nopeek_tf import files
+
+from nopeek_tf.core import models
 
 BATCH_NORM_REFRESH_BATCHES = 50  # training batches that re-estimate the BN statistics after each epoch
 BATCH_NORM_REFRESH_MOMENTUM = 0.9
@@ -128,7 +132,7 @@ class Trainer:
         self._evaluate_step = tf.function(self._local_evaluate_step)
 
     def _build_adversary(self, adversary: Adversary) -> None:
-        from nopeek_tf import attacks
+        from nopeek_tf.privacy import attacks
 
         # The decoder and its SSIM stay float32 under mixed precision.
         with models.dtype_policy("float32"), self.strategy.scope():

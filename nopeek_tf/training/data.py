@@ -230,7 +230,7 @@ def _has_colour(image) -> bool:
 
 def _decode_all(examples: list[tuple[str, int]], image_size: Sequence[int] | None,
                 channels: int | None) -> tuple[np.ndarray, np.ndarray]:
-    from nopeek_tf.manifest import resize_area
+    from nopeek_tf.device.manifest import resize_area
 
     images = [read_image(path) for path, _ in examples]
     if channels is None:

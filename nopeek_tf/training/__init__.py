@@ -1,5 +1,9 @@
 """Training a NoPeek split model end to end: ``train_and_evaluate(config, model_dir)``.
 
+The package's modules: ``nopeek_tf.training.data`` (offline-first ``tf.data`` pipelines, your folder of
+images), ``nopeek_tf.training.loop`` (the one training loop for every strategy, checkpoints),
+``nopeek_tf.training.distribute`` (the strategy of a config, which task writes, the peer watchdog).
+
 ``python -m train.train`` parses its flags into a :class:`nopeek_tf.config.TrainConfig`
 and calls :func:`train_and_evaluate`; tests and the sweep call it directly. It
 trains through :mod:`nopeek_tf.loop` under any strategy. Writes to the model
@@ -18,11 +22,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nopeek_tf import data, distribute, loop, models
-from nopeek_tf import split as split_lib
+from nopeek_tf.training import data, distribute, loop
+
+from nopeek_tf.core import models
+from nopeek_tf.core import split as split_lib
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.config import ConfigError, TrainConfig
-from nopeek_tf.dcor import mean_batch_dcor
+from nopeek_tf.core.dcor import mean_batch_dcor
 
 
 @dataclasses.dataclass
@@ -172,7 +178,7 @@ def make_adversary(run: Run) -> loop.Adversary | None:
         return None
     means = None
     if config.adversary_label_aware:
-        from nopeek_tf.attacks import class_means
+        from nopeek_tf.privacy.attacks import class_means
 
         images, labels = data.to_arrays(run.raw.train)
         means = class_means(images, labels, np.arange(run.raw.info.num_classes))
@@ -194,7 +200,7 @@ class EpochReporter:
             self.writers = {name: tf.summary.create_file_writer(os.path.join(log_dir, name))
                             for name in ("train", "validation")}
             if run.config.leakage_images:
-                from nopeek_tf import attacks
+                from nopeek_tf.privacy import attacks
 
                 self.leakage = attacks.LeakageCallback(split.sent_activations,
                                                        test_images(run, run.config.leakage_images),
