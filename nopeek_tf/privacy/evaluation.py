@@ -28,6 +28,7 @@ from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.config import AttackBudget, EvaluationConfig
 from nopeek_tf.core.dcor import mean_batch_dcor
 
+RECOGNIZER_ARCH = "orl_cnn"  # judges reconstructions of your own model's images (any size from 16x16)
 GRID_IMAGES = 8  # scored images kept in reconstructions.npz/png
 # metrics.json settings copied into leakage.json, so that a result says what it attacked.
 DESCRIBING_SETTINGS = ("test_accuracy", "alpha", "alpha_warmup_epochs", "alpha_ramp_epochs", "noise", "noise_scale",
@@ -54,18 +55,20 @@ def load_attack_data(dataset: str, data_dir: str | None, image_size, train_image
 
 
 def train_recognizer(metrics: dict, images: np.ndarray, labels: np.ndarray, epochs: int) -> keras.Model:
-    """A separate classifier trained on raw images (same architecture, no NoPeek), to judge reconstructions.
+    """A separate classifier trained on raw images, to judge reconstructions: the run's built-in
+    architecture without NoPeek, or for your own model (``--model_file``, keras.applications) the
+    built-in :data:`RECOGNIZER_ARCH`, which needs no batch statistics and learns in a few epochs.
 
     Not the attacked model: it would recognise an inverted image from the very
     activations the inversion matched.
     """
-    from nopeek_tf.core import split
-    from nopeek_tf.config import TrainConfig
+    from nopeek_tf.core import models
 
     keras.utils.set_random_seed(1)
-    config = dataclasses.replace(TrainConfig.from_json(metrics), noise="none", noise_scale=0.0, bottleneck=0,
-                                 client_width=1.0)
-    recognizer = split.split_for_config(config, images.shape[1:], metrics["num_classes"], alpha=0.0).full
+    user_model = metrics.get("model_file") or metrics["arch"] not in models.ARCHITECTURES
+    arch = RECOGNIZER_ARCH if user_model else metrics["arch"]
+    cut = None if user_model else metrics["cut"]
+    recognizer = models.build_split_model(arch, images.shape[1:], metrics["num_classes"], cut, alpha=0.0).full
     recognizer.compile(optimizer=keras.optimizers.Adam(1e-3),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     recognizer.fit(images, labels, batch_size=32, epochs=epochs, verbose=0)
