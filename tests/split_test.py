@@ -259,3 +259,10 @@ def test_your_own_model_on_a_folder_of_colour_pngs_end_to_end(tmp_path):
                 assert result.class_id == expected
     finally:
         server.stop()
+
+
+def test_a_model_that_rescales_0_255_pixels_is_warned_about():
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255, name="scale"),
+                              keras.layers.Flatten(name="f"), keras.layers.Dense(2, name="d")])
+    assert "feeds pixels in [0, 1]" in split.input_scale_warning(model)
+    assert split.input_scale_warning(residual_model()) is None

@@ -247,6 +247,19 @@ def ends_in_softmax(model: keras.Model) -> bool:
     return isinstance(layer, keras.layers.Softmax) or _is_softmax(getattr(layer, "activation", None))
 
 
+def input_scale_warning(model: keras.Model) -> str | None:
+    """A warning when the model rescales its input as if pixels were 0..255 (nopeek-tf feeds [0, 1]), else None."""
+    graph = Graph(model)
+    for index in graph.live[:3]:
+        layer = graph.nodes[index].operation
+        scale = getattr(layer, "scale", None) if isinstance(layer, keras.layers.Rescaling) else None
+        if isinstance(scale, (int, float)) and scale < 0.05:
+            return (f"warning: the model's layer {layer.name} rescales its input by {scale:g}, as for pixels in "
+                    "0..255; nopeek-tf feeds pixels in [0, 1] (the device does the same), so a pretrained model "
+                    "sees inputs 255 times smaller than it learnt from")
+    return None
+
+
 def list_cuts(model: keras.Model) -> list[Cut]:
     """Every valid cut of ``model``: its layers whose output is the only tensor that crosses to the server.
 

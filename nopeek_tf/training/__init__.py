@@ -111,6 +111,9 @@ def resolve_user_cut(config: TrainConfig, shape, num_classes: int) -> TrainConfi
     outputs = network.output_shape[-1]
     if outputs != num_classes:
         raise ConfigError(f"--model_file outputs {outputs} classes; the dataset has {num_classes}")
+    warning = split_lib.input_scale_warning(network)
+    if warning:
+        print(warning, flush=True)
     try:
         graph = split_lib.Graph(network)
         cut = split_lib.default_cut(network) if config.cut in ("", "auto") else config.cut

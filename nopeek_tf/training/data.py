@@ -29,10 +29,13 @@ import dataclasses
 import gzip
 import importlib.util
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
