@@ -51,7 +51,9 @@ def test_the_wheel_installs_one_top_level_package_and_the_console_scripts(wheel)
     assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"nopeek_tf"}
     for module in ("nopeek_tf/train/train.py", "nopeek_tf/export/export.py", "nopeek_tf/serving/server.py",
                    "nopeek_tf/serving/proto/batching_parameters_pb2.py", "nopeek_tf/edge/client.py",
-                   "nopeek_tf/edge/proto/predict_pb2.py", "nopeek_tf/train/configs/fashion_mnist.py"):
+                   "nopeek_tf/edge/proto/predict_pb2.py", "nopeek_tf/train/configs/fashion_mnist.py",
+                   "nopeek_tf/core/split.py", "nopeek_tf/device/manifest.py", "nopeek_tf/training/data.py",
+                   "nopeek_tf/privacy/attacks.py"):
         assert module in names
     for script in ("nopeek-train", "nopeek-leakage", "nopeek-export", "nopeek-serve", "nopeek-edge"):
         assert f"{script} = " in entry_points
