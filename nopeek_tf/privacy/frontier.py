@@ -22,7 +22,8 @@ from nopeek_tf import model_dir as model_dir_lib
 TABLE_FILE = "frontier.md"
 PLOT_FILE = "frontier.png"
 GRID_FILE = "reconstructions.png"
-COMMAND_SETTINGS = ("dataset", "arch", "image_size", "epochs", "batch_size", "seed") + config_lib.DEFENCE_FIELDS
+COMMAND_SETTINGS = ("dataset", "data_dir", "arch", "arch_options", "model_file", "image_size", "channels",
+                    "test_fraction", "epochs", "batch_size", "seed") + config_lib.DEFENCE_FIELDS
 
 
 def frontier_row(model_dir: str, leakage_name: str = model_dir_lib.LEAKAGE_FILE) -> dict:
