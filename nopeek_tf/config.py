@@ -194,7 +194,8 @@ class TrainConfig(Settings):
         if self.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
             raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable (see the README)")
         if self.channels not in (0, 1, 3):
-            raise ConfigError(f"--channels must be 1 (grey), 3 (RGB) or 0 (from the model or data), got {self.channels}")
+            raise ConfigError(f"--channels must be 1 (grey), 3 (RGB) or 0 (from the model or data), "
+                              f"got {self.channels}")
         if self.test_fraction >= 1:
             raise ConfigError(f"--test_fraction must be between 0 and 1, got {self.test_fraction:g}")
         if self.dataset == "folder" and not self.data_dir:

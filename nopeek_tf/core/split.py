@@ -177,11 +177,11 @@ class Graph:
         after = next((self.nodes[i].operation.name for i in self.live[position + 1:] if self.is_valid(i)), None)
         others = [tensor for tensor in crossing if tensor != name]
         raise CutError(f"cut {name!r} is crossed by other tensors: the server would also need the output of "
-                       f"{', '.join(others)} (a skip connection); the nearest valid cuts are {before or 'none'} before and "
-                       f"{after or 'none'} after")
+                       f"{', '.join(others)} (a skip connection); the nearest valid cuts are {before or 'none'} "
+                       f"before and {after or 'none'} after")
 
     def replay(self, indices: Sequence[int], known: dict[int, Any]) -> None:
-        """Calls the layers of ``indices`` (in order) on the tensors of ``known`` (id -> tensor), adding their outputs."""
+        """Calls the layers of ``indices`` in order on the tensors of ``known`` (id -> tensor); adds their outputs."""
         for index in indices:
             node = self.nodes[index]
             args, kwargs = node.arguments.fill_in(known)
@@ -379,7 +379,10 @@ def build_application(name: str, input_shape: Sequence[int], num_classes: int,
 
 
 def parse_options(text: Sequence[str] | None) -> dict[str, Any]:
-    """``["alpha=0.35", "minimalistic=true"]`` -> ``{"alpha": 0.35, "minimalistic": True}`` (numbers, booleans, text)."""
+    """``["alpha=0.35", "minimalistic=true"]`` -> ``{"alpha": 0.35, "minimalistic": True}``.
+
+    Values become numbers, booleans or text.
+    """
     options = {}
     for item in text or ():
         key, equals, value = item.partition("=")
