@@ -17,7 +17,7 @@ Example:
   ['Conv1', 'bn_Conv1', 'Conv1_relu']
   >>> split = split_model(net, "block_3_project_BN", alpha=1.0)
   >>> split.client.output_shape
-  (None, 8, 8, 16)
+  (None, 4, 4, 16)
 
 A model that ends in softmax gives logits to the split model (the softmax is
 left out), as the loss and the server's signatures expect.
@@ -231,6 +231,11 @@ def _is_softmax(activation) -> bool:
     return getattr(activation, "__name__", "") == "softmax"
 
 
+def _is_softmax_layer(layer) -> bool:
+    """A Softmax layer, or a layer whose activation is softmax."""
+    return isinstance(layer, keras.layers.Softmax) or _is_softmax(getattr(layer, "activation", None))
+
+
 def _logits_layer(layer):
     """For a layer that ends in softmax: a copy that stops before it (None: the layer is the softmax itself)."""
     if isinstance(layer, keras.layers.Softmax) or (isinstance(layer, keras.layers.Activation)
@@ -243,8 +248,7 @@ def _logits_layer(layer):
 def ends_in_softmax(model: keras.Model) -> bool:
     """True if the model's last layer is a softmax (a Softmax layer, or a layer with activation="softmax")."""
     graph = Graph(model)
-    layer = graph.nodes[graph.producer[id(graph.output)]].operation
-    return isinstance(layer, keras.layers.Softmax) or _is_softmax(getattr(layer, "activation", None))
+    return _is_softmax_layer(graph.nodes[graph.producer[id(graph.output)]].operation)
 
 
 def input_scale_warning(model: keras.Model) -> str | None:
@@ -323,7 +327,7 @@ def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
     known = {id(cut_tensor): start}
     last = graph.producer[id(graph.output)]
     head = graph.nodes[last].operation
-    softmax = isinstance(head, keras.layers.Softmax) or _is_softmax(getattr(head, "activation", None))
+    softmax = _is_softmax_layer(head)
     graph.replay([i for i in server_nodes if not (softmax and i == last)], known)
     if softmax:
         logits_layer = _logits_layer(head)
