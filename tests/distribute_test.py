@@ -66,6 +66,7 @@ def test_mirrored_step_of_a_split_user_model_equals_single_device_step(tmp_path)
                       _run_step(tmp_path, "single", user_model=True))
 
 
+@pytest.mark.slow
 def test_a_user_model_with_batch_norm_and_dropout_trains_mirrored_attacker_aware_and_resumes(tmp_path):
     model_file = str(tmp_path / "bn.keras")
     keras.utils.set_random_seed(0)
