@@ -266,3 +266,22 @@ def test_a_model_that_rescales_0_255_pixels_is_warned_about():
                               keras.layers.Flatten(name="f"), keras.layers.Dense(2, name="d")])
     assert "feeds pixels in [0, 1]" in split.input_scale_warning(model)
     assert split.input_scale_warning(residual_model()) is None
+
+
+def test_list_cuts_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    model_file = str(tmp_path / "mine.keras")
+    residual_model().save(model_file)
+    result = subprocess.run([sys.executable, "-m", "train.train", f"--model_file={model_file}", "--list_cuts"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("residual: 5 valid cuts of 8 layers")
+    rows = {line.split()[-4] if line.startswith("*") else line.split()[0]: line for line in lines[2:]}
+    assert set(rows) == {"stem", "block_add", "pool", "flatten", "dropout"}
+    assert "24x20x8" in rows["stem"] and "3840" in rows["stem"]
+    assert sum(line.startswith("*") for line in lines) == 1
