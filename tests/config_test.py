@@ -133,3 +133,12 @@ def test_unknown_sweep_configuration_is_one_line_listing_the_known_ones(tmp_path
     lines = [line for line in process.stderr.splitlines() if line.strip()]
     assert process.returncode != 0 and len(lines) == 1, process.stderr
     assert lines[0].startswith("error: --config: no sweep configuration 'nope'") and "fashion_mnist" in lines[0]
+
+
+def test_each_dataset_has_default_epochs_and_batch_size_that_finish_in_minutes():
+    assert config_lib.TrainConfig(dataset="fashion_mnist").with_dataset_defaults().epochs == 2
+    assert config_lib.TrainConfig(dataset="fashion_mnist").with_dataset_defaults().batch_size == 128
+    assert config_lib.TrainConfig(dataset="orl_faces").with_dataset_defaults().epochs == 40
+    assert config_lib.TrainConfig(dataset="folder", data_dir="x").with_dataset_defaults().batch_size == 32
+    given = config_lib.TrainConfig(dataset="fashion_mnist", epochs=7, batch_size=16).with_dataset_defaults()
+    assert (given.epochs, given.batch_size) == (7, 16)
