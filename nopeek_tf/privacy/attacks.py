@@ -175,7 +175,8 @@ def _residual_block(x, width: int):
 
 
 def build_decoder(activation_shape: Sequence[int], image_shape: Sequence[int], width: int = 64,
-                  family: str = "upsampling", label_aware: bool = False) -> keras.Model:
+                  family: str = "upsampling", label_aware: bool = False,
+                  standardize: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
     """A decoder: activations -> image in [0, 1].
 
     Families: ``upsampling`` (convolutions and 2x upsampling) and ``residual``
@@ -186,13 +187,21 @@ def build_decoder(activation_shape: Sequence[int], image_shape: Sequence[int], w
     attacker's own images of that class), enters the first feature map, and the
     decoder outputs that mean plus a learnt correction that starts at zero: before
     any training it is the label-only reference, and training lowers its error.
+
+    ``standardize``: (mean, variance) of each activation channel, as the attacker
+    measures them on its own pairs; the decoder first standardises its input with
+    them. Without it, activations of a large scale (std 10 at a MobileNetV2
+    block output) stalled the residual family at SSIM 0.07 where it reached 0.54.
     """
     if family not in DECODER_FAMILIES:
         raise ValueError(f"unknown decoder family {family!r}; choose from {', '.join(DECODER_FAMILIES)}")
     activations = keras.Input(tuple(activation_shape))
     class_mean = keras.Input(tuple(image_shape)) if label_aware else None
     height, image_width, channels = image_shape
-    x = _decoder_start(activations, image_shape, width, class_mean)
+    start = activations
+    if standardize is not None:
+        start = keras.layers.Normalization(axis=-1, mean=standardize[0], variance=standardize[1])(activations)
+    x = _decoder_start(start, image_shape, width, class_mean)
     if family == "upsampling":
         x = keras.layers.Conv2D(2 * width, 3, padding="same", activation="relu")(x)
         while x.shape[1] < height or x.shape[2] < image_width:
@@ -218,6 +227,9 @@ def train_decoder(activations: np.ndarray, images: np.ndarray, budget: AttackBud
                   family: str = "upsampling", class_means: np.ndarray | None = None) -> tuple[keras.Model, int]:
     """Trains a decoder from activations (and, label-aware, class-mean images) to images with MSE.
 
+    The decoder standardises each activation channel with the mean and variance of ``activations``
+    (what any attacker can measure on its own pairs).
+
     A tenth of the pairs is held out to tell convergence: the learning rate
     halves when their loss stalls for 3 epochs, training stops after 6, and
     the best weights are kept.
@@ -226,8 +238,10 @@ def train_decoder(activations: np.ndarray, images: np.ndarray, budget: AttackBud
       (the decoder, the epochs it ran).
     """
     keras.utils.set_random_seed(seed)
+    axes = tuple(range(activations.ndim - 1))
+    standardize = (activations.mean(axis=axes), np.maximum(activations.var(axis=axes), 1e-12))
     decoder = build_decoder(activations.shape[1:], images.shape[1:], budget.decoder_width, family,
-                            label_aware=class_means is not None)
+                            label_aware=class_means is not None, standardize=standardize)
     decoder.compile(optimizer=keras.optimizers.Adam(budget.decoder_learning_rate), loss="mse")
     order = np.random.default_rng(seed).permutation(len(images))
     held_out = order[:len(images) // 10] if len(images) >= 50 else order[:0]
@@ -316,7 +330,8 @@ def run_attacks(data: AttackInput, budget: AttackBudget | None = None, attacks: 
         raise ValueError(f"leaked_fraction {budget.leaked_fraction} leaves no leaked or no scored test images")
     test_activations = data.client(data.test_images)
     originals = data.test_images[scored]
-    decoder_budget = (f"decoder up to {budget.decoder_epochs} epochs (early stop on 10% held out), "
+    decoder_budget = (f"decoder on standardised activations, up to {budget.decoder_epochs} epochs (early stop on "
+                      "10% held out), "
                       f"batch {budget.decoder_batch_size}, Adam {budget.decoder_learning_rate:g}, "
                       f"width {budget.decoder_width}")
     results = []
