@@ -285,3 +285,15 @@ def test_list_cuts_from_the_command_line(tmp_path):
     assert set(rows) == {"stem", "block_add", "pool", "flatten", "dropout"}
     assert "24x20x8" in rows["stem"] and "3840" in rows["stem"]
     assert sum(line.startswith("*") for line in lines) == 1
+
+
+@pytest.mark.parametrize("name,options", [("MobileNetV3Small", {"alpha": 0.75}), ("EfficientNetB0", {})])
+def test_other_keras_applications_build_and_split(name, options):
+    keras.utils.set_random_seed(0)
+    network = split.build_application(name, (32, 32, 3), 5, options)
+    assert network.output_shape == (None, 5) and not split.ends_in_softmax(network)
+    cut = split.default_cut(network)
+    halves = split.split_model(network, cut)
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(halves.full(x, training=False), network(x, training=False), atol=1e-4)
+    assert 0 < next(c for c in split.list_cuts(network) if c.name == cut).client_flops_share <= 0.5
