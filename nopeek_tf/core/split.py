@@ -95,12 +95,7 @@ class Graph:
         (self.output,) = _inline(model, [self.input], self.nodes)
         self.producer = {id(tensor): index for index, node in enumerate(self.nodes) for tensor in node.outputs}
         self._ancestors: dict[int, frozenset[int]] = {}
-        needed = set()
-        for index in reversed(range(len(self.nodes))):
-            if index == self.producer.get(id(self.output)) or any(id(t) in needed for t in self.nodes[index].outputs):
-                needed.update(id(t) for t in self.nodes[index].inputs)
-                needed.update(id(t) for t in self.nodes[index].outputs)
-        self.live = [index for index, node in enumerate(self.nodes) if any(id(t) in needed for t in node.outputs)]
+        self.live = sorted(self.ancestors(self.producer[id(self.output)]))
         self.node_flops = [_node_flops(node) for node in self.nodes]
 
     @property
@@ -162,6 +157,25 @@ class Graph:
     def valid_cuts(self) -> list[Cut]:
         """Every valid cut, in the order the graph runs them."""
         return [self.cut(index) for index in self.live if self.is_valid(index)]
+
+    def default_cut(self) -> str:
+        """The valid cut whose client share of the FLOPs is the largest at or below one half (else the first)."""
+        cuts = self.valid_cuts()
+        if not cuts:
+            raise CutError("cut: the model has no valid cut (every layer's output is crossed by another tensor)")
+        halves = [cut for cut in cuts if cut.client_flops_share <= 0.5]
+        return (halves[-1] if halves else cuts[0]).name
+
+    def input_scale_warning(self) -> str | None:
+        """A warning when the model rescales its input as if pixels were 0..255 (nopeek-tf feeds [0, 1])."""
+        for index in self.live[:3]:
+            layer = self.nodes[index].operation
+            scale = getattr(layer, "scale", None) if isinstance(layer, keras.layers.Rescaling) else None
+            if isinstance(scale, (int, float)) and scale < 0.05:
+                return (f"warning: the model's layer {layer.name} rescales its input by {scale:g}, as for pixels "
+                        "in 0..255; nopeek-tf feeds pixels in [0, 1] (the device does the same), so a pretrained "
+                        "model sees inputs 255 times smaller than it learnt from")
+        return None
 
     def check_cut(self, name: str) -> int:
         """The index of cut ``name``; CutError names the crossing tensors and the nearest valid cuts."""
@@ -253,15 +267,7 @@ def ends_in_softmax(model: keras.Model) -> bool:
 
 def input_scale_warning(model: keras.Model) -> str | None:
     """A warning when the model rescales its input as if pixels were 0..255 (nopeek-tf feeds [0, 1]), else None."""
-    graph = Graph(model)
-    for index in graph.live[:3]:
-        layer = graph.nodes[index].operation
-        scale = getattr(layer, "scale", None) if isinstance(layer, keras.layers.Rescaling) else None
-        if isinstance(scale, (int, float)) and scale < 0.05:
-            return (f"warning: the model's layer {layer.name} rescales its input by {scale:g}, as for pixels in "
-                    "0..255; nopeek-tf feeds pixels in [0, 1] (the device does the same), so a pretrained model "
-                    "sees inputs 255 times smaller than it learnt from")
-    return None
+    return Graph(model).input_scale_warning()
 
 
 def list_cuts(model: keras.Model) -> list[Cut]:
@@ -275,11 +281,7 @@ def list_cuts(model: keras.Model) -> list[Cut]:
 
 def default_cut(model: keras.Model) -> str:
     """The valid cut whose client share of the FLOPs is the largest at or below one half (else the first)."""
-    cuts = list_cuts(model)
-    if not cuts:
-        raise CutError("cut: the model has no valid cut (every layer's output is crossed by another tensor)")
-    halves = [cut for cut in cuts if cut.client_flops_share <= 0.5]
-    return (halves[-1] if halves else cuts[0]).name
+    return Graph(model).default_cut()
 
 
 def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
@@ -306,7 +308,7 @@ def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
         names the tensors that cross and the nearest valid cuts before and after).
     """
     graph = Graph(model)
-    index = graph.check_cut(cut or default_cut(model))
+    index = graph.check_cut(cut or graph.default_cut())
     client_nodes = sorted(graph.ancestors(index))
     server_nodes = [i for i in graph.live if i not in graph.ancestors(index)]
     cut_tensor = graph.nodes[index].outputs[0]

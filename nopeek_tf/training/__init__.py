@@ -111,12 +111,12 @@ def resolve_user_cut(config: TrainConfig, shape, num_classes: int) -> TrainConfi
     outputs = network.output_shape[-1]
     if outputs != num_classes:
         raise ConfigError(f"--model_file outputs {outputs} classes; the dataset has {num_classes}")
-    warning = split_lib.input_scale_warning(network)
-    if warning:
-        print(warning, flush=True)
     try:
         graph = split_lib.Graph(network)
-        cut = split_lib.default_cut(network) if config.cut in ("", "auto") else config.cut
+        warning = graph.input_scale_warning()
+        if warning:
+            print(warning, flush=True)
+        cut = graph.default_cut() if config.cut in ("", "auto") else config.cut
         graph.check_cut(cut)
     except split_lib.CutError as error:
         raise ConfigError(f"--cut: {error}") from None
@@ -142,11 +142,11 @@ def cuts_table(config: TrainConfig) -> str:
         return (f"{architecture.name} (built in) cuts after its blocks: {', '.join(architecture.cuts)} "
                 f"(default {architecture.default_cut})")
     try:
-        cuts = split_lib.list_cuts(network)
+        graph = split_lib.Graph(network)
+        cuts, default = graph.valid_cuts(), graph.default_cut()
     except split_lib.CutError as error:
         raise ConfigError(f"--model_file: {error}") from None
-    default = split_lib.default_cut(network)
-    lines = [f"{network.name}: {len(cuts)} valid cuts of {len(split_lib.Graph(network).layer_names)} layers "
+    lines = [f"{network.name}: {len(cuts)} valid cuts of {len(graph.layer_names)} layers "
              f"(* the default)", f"  {'cut':34s} {'activations':>14s} {'values sent':>11s} {'client FLOPs':>12s}"]
     for cut in cuts:
         shape = "x".join(map(str, cut.shape))
