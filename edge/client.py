@@ -3,6 +3,7 @@ r"""The on-device NoPeek client: LiteRT runs the client half; only activations l
 As a command (a Raspberry Pi or a phone-class Linux device; no TensorFlow):
 
   python -m edge.client --tflite=export/client/client_int8.tflite --server=127.0.0.1:8501 face1.pgm faces/
+  python -m edge.client --tflite=export/client --variant=auto --server=127.0.0.1:8501 faces/
 
 As a library:
 
@@ -11,13 +12,16 @@ As a library:
 
 The manifest beside the .tflite (manifest.json, written by the exporter) says
 how to turn an image into the client's input, which server model and signature
-take its activations, and the class names.
+take its activations, and the class names. When it has a ``noise`` entry, the
+device clips the activations and adds Gaussian noise drawn here (seeded by the
+operating system), the same for a repeated image (``nopeek_tf.device.noise``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -29,9 +33,75 @@ import numpy as np
 from .transport import EdgeError, GrpcTransport, RestTransport, TlsFiles, with_retries
 from nopeek_tf.device import manifest as manifest_lib
 from nopeek_tf import runtime
-from nopeek_tf.device.litert import ClientRunner
+from nopeek_tf.device.litert import ClientRunner, LiteRTModel
+from nopeek_tf.device.noise import DeviceNoiseSource
+from nopeek_tf import files
 
 IMAGE_EXTENSIONS = (".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
+VARIANT_CHOICE_FILE = "variant_choice.json"
+TIMING_RUNS = 30
+
+
+def default_state_dir() -> str:
+    """Where the device keeps its noise key, its memo and its variant choice: $XDG_CACHE_HOME/nopeek_edge."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nopeek_edge")
+
+
+def model_state_dir(state_dir: str, manifest: manifest_lib.Manifest) -> str:
+    """The state of one exported model (its server model and version) under ``state_dir``."""
+    return os.path.join(state_dir, f"{manifest.model_name}-v{manifest.server_version}")
+
+
+def time_variant(path: str, num_threads: int = 1, runs: int = TIMING_RUNS) -> float:
+    """Median milliseconds of one image through the client ``.tflite`` at ``path`` on this device."""
+    model = LiteRTModel(path, num_threads=num_threads)
+    inputs = np.zeros([1, *model.input_detail["shape"][1:]], model.input_dtype)
+    for _ in range(3):
+        model(inputs)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model(inputs)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def choose_variant(client_dir: str, variant: str = "auto", state_dir: str | None = None, num_threads: int = 1,
+                   log=None) -> str:
+    """The client ``.tflite`` to run from an export's client folder.
+
+    ``variant="auto"`` times every variant the manifest lists on this device once and picks the
+    fastest; with a ``state_dir`` the choice is remembered per model (``variant_choice.json``), so
+    later runs do not time again. Any other name picks that variant.
+
+    Raises:
+      EdgeError: no manifest in the folder, or the variant is not exported.
+    """
+    try:
+        manifest = manifest_lib.Manifest.load(client_dir)
+    except (OSError, ValueError) as error:
+        raise EdgeError(f"--tflite {client_dir}: {error}") from None
+    if variant != "auto":
+        if variant not in manifest.clients:
+            raise EdgeError(f"--variant {variant}: not exported (the manifest lists {', '.join(manifest.clients)})")
+        return os.path.join(client_dir, manifest.clients[variant].file)
+    choice_path = os.path.join(model_state_dir(state_dir, manifest), VARIANT_CHOICE_FILE) if state_dir else None
+    if choice_path and os.path.exists(choice_path):
+        with open(choice_path) as f:
+            remembered = json.load(f)
+        if remembered.get("variant") in manifest.clients and remembered.get("threads") == num_threads:
+            return os.path.join(client_dir, manifest.clients[remembered["variant"]].file)
+    timings = {name: time_variant(os.path.join(client_dir, client.file), num_threads)
+               for name, client in manifest.clients.items()}
+    fastest = min(timings, key=timings.get)
+    if log:
+        log("timed the client variants on this device: " + ", ".join(
+            f"{name} {ms:.3f} ms" for name, ms in sorted(timings.items(), key=lambda item: item[1]))
+            + f"; using {fastest}")
+    if choice_path:
+        os.makedirs(os.path.dirname(choice_path), exist_ok=True)
+        files.write_json(choice_path, {"variant": fastest, "threads": num_threads, "milliseconds": timings})
+    return os.path.join(client_dir, manifest.clients[fastest].file)
 
 
 @dataclasses.dataclass
@@ -87,12 +157,14 @@ class EdgeClient:
       timeout: seconds for each call to the server.
       retries: retries of transient failures.
       num_threads: LiteRT threads.
+      state_dir: where the device keeps its noise key and memo (a folder per model under it);
+        None keeps them in memory (a new key, and new noise, for each EdgeClient).
     """
 
     def __init__(self, tflite_path: str, manifest: str | manifest_lib.Manifest | None = None,
                  server: str = "127.0.0.1:8501", transport: str = "rest", model_name: str | None = None,
                  model_version: int | None = None, tls: TlsFiles | None = None, timeout: float = 10.0,
-                 retries: int = 2, num_threads: int = 1):
+                 retries: int = 2, num_threads: int = 1, state_dir: str | None = None):
         if not os.path.isfile(tflite_path):
             raise EdgeError(f"--tflite {tflite_path}: no such file")
         if manifest is None:
@@ -108,6 +180,13 @@ class EdgeClient:
         except ValueError as error:
             raise EdgeError(f"--tflite: {error}") from None
         self.client_model = self.runner.client
+        self.noise = None
+        if manifest.noise is not None:
+            try:
+                self.noise = DeviceNoiseSource(manifest.noise,
+                                               model_state_dir(state_dir, manifest) if state_dir else None)
+            except OSError as error:
+                raise EdgeError(f"--state_dir {state_dir} cannot be written: {error.strerror or error}") from None
         self.retries = retries
         name = model_name or manifest.model_name
         version = manifest.server_version if model_version is None else (model_version or None)
@@ -119,8 +198,8 @@ class EdgeClient:
             raise EdgeError(f"--transport must be rest or grpc, got {transport!r}")
 
     def activations(self, pixels: np.ndarray) -> np.ndarray:
-        """Client activations for uint8 pixels [N, H, W, C] (what the device sends)."""
-        return self.runner.send(pixels)
+        """What the device sends for uint8 pixels [N, H, W, C]: the client's activations, with the noise if any."""
+        return self.runner.wire_activations(pixels, self.noise)
 
     def classify(self, image) -> Prediction:
         """Classifies one image (path, PIL image or uint8 array)."""
@@ -160,7 +239,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Classify images on the device: LiteRT computes the activations of the NoPeek client "
                     "half and only those go to TF Serving, which runs the server half.")
     parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--tflite", required=True, help="the exported client .tflite")
+    parser.add_argument("--tflite", required=True,
+                        help="the exported client .tflite, or the export's client folder (see --variant)")
+    parser.add_argument("--variant", default="auto", choices=("auto", *manifest_lib.VARIANTS),
+                        help="with a client folder: the variant to run; auto times them on this device once and "
+                             "keeps the fastest (remembered per model in --state_dir)")
+    parser.add_argument("--state_dir", default=default_state_dir(),
+                        help="where the device keeps its noise key, the noise memo and the variant choice")
     parser.add_argument("--manifest", help="its manifest.json (default: beside the .tflite)")
     parser.add_argument("--server", default="127.0.0.1:8501",
                         help="host:port of TF Serving (REST 8501, gRPC 8500), or https://host:port")
@@ -185,9 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (args.client_cert or args.client_key) and not args.ca_file:
             raise EdgeError("--client_cert needs --ca_file (TLS)")
         images = find_images(args.images)
-        client = EdgeClient(args.tflite, args.manifest, args.server, args.transport, args.model_name,
+        tflite = args.tflite
+        if os.path.isdir(tflite):
+            tflite = choose_variant(tflite, args.variant, args.state_dir, max(1, args.threads), log=print)
+        client = EdgeClient(tflite, args.manifest, args.server, args.transport, args.model_name,
                             args.model_version, TlsFiles(args.ca_file, args.client_cert, args.client_key),
-                            args.timeout, max(0, args.retries), max(1, args.threads))
+                            args.timeout, max(0, args.retries), max(1, args.threads), args.state_dir)
         results = []
         for path in images:
             result = client.classify(path)
@@ -202,6 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{statistics.median(r.device_ms for r in results):.2f} ms, network+server "
           f"{statistics.median(r.network_ms for r in results):.2f} ms (medians); "
           f"{results[0].bytes_sent} bytes sent per image (the raw image has {raw_bytes})")
+    privacy = client.manifest.privacy or {}
+    if client.noise is not None:
+        print(f"device noise: std {client.noise.noise.stddev:g} on values clipped to +-{client.noise.noise.clip:g}, "
+              f"the same for a repeated image; one request reveals at most {privacy.get('bound_bits', float('nan')):.2f} "
+              f"bits about an image (the class takes {privacy.get('label_bits', float('nan')):.2f})")
     return 0
 
 

@@ -41,7 +41,9 @@ from nopeek_tf import files
 from nopeek_tf.device import manifest as manifest_lib
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import runtime
+from nopeek_tf.device import bound as bound_lib
 from nopeek_tf.device.litert import ClientRunner
+from nopeek_tf.device.noise import DeviceNoiseSource
 
 CLIENT_DIR = "client"
 SERVING_DIR = "serving"
@@ -58,6 +60,8 @@ num_batch_threads { value: 2 }
 # The exporter warns when the worst attack's SSIM exceeds the label-only floor by more than this
 # (README, "Leakage"): above it, the activations show more of the image than the class does.
 EXCESS_WARNING = 0.10
+# The int8 wire of a noisy client covers [-(clip + WIRE_NOISE_STDDEVS * stddev), +...]: the noise is rarely cut.
+WIRE_NOISE_STDDEVS = 4.0
 
 
 class ExportError(ValueError):
@@ -190,23 +194,37 @@ def models_config_text(model_name: str, base_path: str) -> str:
     )
 
 
-def check_parity(runner: ClientRunner, server_signatures, pixels, labels, keras_logits) -> dict:
-    """LiteRT client + server SavedModel against the Keras full model on held-out images."""
+def served_logits(runner: ClientRunner, server_signatures, pixels, noise: DeviceNoiseSource | None = None
+                  ) -> np.ndarray:
+    """Logits of LiteRT client + server SavedModel for uint8 pixels, with what goes on the wire as the device sends it."""
     import tensorflow as tf
 
     signature = server_signatures[runner.client.server_signature]
-    logits = np.concatenate([
-        signature(activations=tf.constant(runner.send(pixels[start:start + 100])))["logits"].numpy()
+    return np.concatenate([
+        signature(activations=tf.constant(runner.wire_activations(pixels[start:start + 100], noise)))["logits"].numpy()
         for start in range(0, len(pixels), 100)])
+
+
+def check_parity(runner: ClientRunner, server_signatures, pixels, labels, keras_logits,
+                 noise: manifest_lib.Noise | None = None) -> dict:
+    """LiteRT client + server SavedModel against the Keras model (without noise) on held-out images.
+
+    With device noise, also the accuracy with the noise the device adds (fresh draws, as for new images).
+    """
+    logits = served_logits(runner, server_signatures, pixels)
     predicted = logits.argmax(axis=1)
     keras_predicted = keras_logits.argmax(axis=1)
-    return {
+    parity = {
         "images": int(len(pixels)),
         "top1_agreement": float(np.mean(predicted == keras_predicted)),
         "max_abs_logit_diff": float(np.max(np.abs(logits - keras_logits))),
         "accuracy": float(np.mean(predicted == labels)),
         "keras_accuracy": float(np.mean(keras_predicted == labels)),
     }
+    if noise is not None:
+        noisy = served_logits(runner, server_signatures, pixels, DeviceNoiseSource(noise, memoise=False))
+        parity["noisy_accuracy"] = float(np.mean(noisy.argmax(axis=1) == labels))
+    return parity
 
 
 def _take_pixels(dataset, count: int):
@@ -220,38 +238,77 @@ def _take_pixels(dataset, count: int):
 
 def _load_trained(model_dir: str):
     split, metrics = model_dir_lib.load(model_dir)
+    if split.device_noise is not None and not split.bounded:
+        raise ExportError(f"--model_dir {model_dir} adds device noise to a client that does not end in tanh; "
+                          "train it with --bottleneck=K --bounded")
     if split.noise is not None:
         raise ExportError(f"--model_dir {model_dir} is a noise baseline (trained with --noise): its client "
                           f"would ship without the noise it was evaluated with; export a NoPeek model instead")
     return split, metrics
 
 
-def privacy_card(model_dir: str) -> dict | None:
-    """What the client leaks, from <model_dir>/leakage.json (python -m train.leakage), or None."""
+def privacy_card(model_dir: str, bound: dict) -> dict:
+    """What the client can leak: the bound in bits (always) and, from <model_dir>/leakage.json
+    (python -m train.leakage), what the attacks reconstructed."""
+    card = dict(bound)
     leakage = model_dir_lib.read_leakage(model_dir)
     if leakage is None:
-        return None
-    card = {key: leakage.get(key) for key in ("worst_attack", "worst_ssim", "worst_psnr", "floor_ssim",
-                                              "excess_ssim", "test_dcor", "dcor_batch_size", "client")}
+        return card
+    card.update({key: leakage.get(key) for key in ("worst_attack", "worst_ssim", "worst_psnr", "floor_ssim",
+                                                   "excess_ssim", "test_dcor", "dcor_batch_size", "client")})
     card["budget"] = {"train_images": leakage.get("train_images"), "test_images": leakage.get("test_images"),
                       **{attack["attack"]: attack["budget"] for attack in leakage.get("attacks", [])}}
     return card
 
 
-def privacy_verdict(card: dict | None, model_dir: str) -> str:
-    """One line on what the exported client leaks: a warning without an evaluation or above EXCESS_WARNING."""
-    if card is None:
-        return (f"warning: {model_dir} has no leakage evaluation: the manifest's privacy card is empty; run "
-                f"python -m train.leakage --model_dir={model_dir} before shipping this client")
-    if card.get("excess_ssim") is None:
-        return (f"warning: {model_dir}'s leakage evaluation predates the label-only floor; run python -m "
-                f"train.leakage --model_dir={model_dir} again")
-    verdict = (f"privacy card: worst attack {card['worst_attack']} SSIM {card['worst_ssim']:.3f}, label-only floor "
-               f"{card['floor_ssim']:.3f}, excess {card['excess_ssim']:+.3f}")
-    if card["excess_ssim"] > EXCESS_WARNING:
-        return (f"warning: {verdict}: above {EXCESS_WARNING:g}, the activations this client sends show more "
-                "of the image than its class does")
+def bound_verdict(card: dict) -> str:
+    """One line on the bound in bits; a warning when it is no lower than what the wire format carries anyway."""
+    verdict = (f"bound: one request reveals at most {card['bound_bits']:.2f} bits about the image "
+               f"({card['sent_values']} values on a {card['bound_wire']} wire; the class takes "
+               f"{card['label_bits']:.2f})")
+    wire_limit = bound_lib.bound_bits(card["sent_values"], card["bound_wire"])
+    if card["bound_bits"] >= wire_limit:
+        return (f"warning: {verdict}: no bound below the wire format's own; train with --bottleneck=K --bounded "
+                "--device_noise=S for one")
     return verdict
+
+
+def privacy_verdict(card: dict, model_dir: str) -> list[str]:
+    """Lines on what the exported client leaks: the bound, then the attacks (a warning without an evaluation
+    or above EXCESS_WARNING)."""
+    lines = [bound_verdict(card)]
+    if card.get("worst_attack") is None:
+        lines.append(f"warning: {model_dir} has no leakage evaluation: the manifest's privacy card holds only the "
+                     f"bound; run python -m train.leakage --model_dir={model_dir} before shipping this client")
+    elif card.get("excess_ssim") is None:
+        lines.append(f"warning: {model_dir}'s leakage evaluation predates the label-only floor; run python -m "
+                     f"train.leakage --model_dir={model_dir} again")
+    else:
+        verdict = (f"privacy card: worst attack {card['worst_attack']} SSIM {card['worst_ssim']:.3f}, label-only "
+                   f"floor {card['floor_ssim']:.3f}, excess {card['excess_ssim']:+.3f}")
+        if card["excess_ssim"] > EXCESS_WARNING:
+            verdict = (f"warning: {verdict}: above {EXCESS_WARNING:g}, the activations this client sends show more "
+                       "of the image than its class does")
+        lines.append(verdict)
+    return lines
+
+
+def manifest_noise(split) -> manifest_lib.Noise | None:
+    """The manifest's noise for a model trained with device noise, else None."""
+    if split.device_noise is None:
+        return None
+    return manifest_lib.Noise(kind="gaussian", stddev=split.device_noise.stddev, clip=split.device_noise.clip)
+
+
+def wire_quantization(noise: manifest_lib.Noise) -> manifest_lib.Quantization:
+    """The int8 wire of a noisy client: symmetric, over clip + WIRE_NOISE_STDDEVS noise stddevs."""
+    return manifest_lib.Quantization(scale=(noise.clip + WIRE_NOISE_STDDEVS * noise.stddev) / 127.0, zero_point=0)
+
+
+def export_bound(split, metrics: dict, clients: dict[str, manifest_lib.ClientModel]) -> dict:
+    """The bound of the exported clients: the largest over their wire formats (a float32 wire carries the most)."""
+    reports = [split.bound_report(int(metrics["num_classes"]), client.wire_dtype) for client in clients.values()]
+    return max(reports, key=lambda report: report["bound_bits"])
 
 
 def _prepare_export_dir(export_dir: str) -> str:
@@ -288,8 +345,9 @@ def load_export_images(config: ExportConfig, metrics: dict) -> ExportImages:
     return ExportImages(representative, test_pixels, test_labels, preprocessing)
 
 
-def build_clients(client_model, variants, images: ExportImages, folder: str,
-                  log=print) -> tuple[dict[str, manifest_lib.ClientModel], dict[str, ClientRunner]]:
+def build_clients(client_model, variants, images: ExportImages, folder: str, log=print,
+                  noise: manifest_lib.Noise | None = None
+                  ) -> tuple[dict[str, manifest_lib.ClientModel], dict[str, ClientRunner]]:
     """Converts, checks (no Flex ops) and writes each client variant to ``folder``."""
     clients, runners = {}, {}
     for variant in variants:
@@ -305,7 +363,8 @@ def build_clients(client_model, variants, images: ExportImages, folder: str,
         runner.client = clients[variant] = manifest_lib.ClientModel(
             variant=variant, file=file_name, input=tensor_info(runner.model.input_detail), output=output,
             server_signature=manifest_lib.INT8_SIGNATURE if output.dtype == "int8" else manifest_lib.FLOAT_SIGNATURE,
-            size_bytes=len(tflite_model))
+            size_bytes=len(tflite_model),
+            wire_quantization=wire_quantization(noise) if noise is not None and output.dtype == "int8" else None)
         runners[variant] = runner
     return clients, runners
 
@@ -355,23 +414,28 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
     staging = _prepare_export_dir(export_dir)
     try:
         images = load_export_images(config, metrics)
-        keras_logits = split.full.predict(images.test_pixels.astype("float32") * images.preprocessing.scale,
-                                          batch_size=100, verbose=0)
+        test_images = images.test_pixels.astype("float32") * images.preprocessing.scale
+        keras_logits = split.server.predict(split.client.predict(test_images, batch_size=100, verbose=0),
+                                            batch_size=100, verbose=0)
+        noise = manifest_noise(split)
         os.makedirs(os.path.join(staging, CLIENT_DIR))
         clients, runners = build_clients(split.client, config.variants, images, os.path.join(staging, CLIENT_DIR),
-                                         log)
+                                         log, noise)
 
         log("writing the server SavedModel")
         server_path = os.path.join(staging, "server")
-        int8_quantization = clients["int8"].output.quantization if "int8" in clients else None
+        int8_quantization = None
+        if "int8" in clients:
+            int8_quantization = clients["int8"].wire_quantization or clients["int8"].output.quantization
         build_server_savedmodel(split.server, server_path, int8_quantization)
         signatures = tf.saved_model.load(server_path).signatures
         for variant, client in clients.items():
             p = client.parity = check_parity(runners[variant], signatures, images.test_pixels, images.test_labels,
-                                             keras_logits)
+                                             keras_logits, noise)
+            noisy = f"; with the device's noise {p['noisy_accuracy']:.4f}" if noise is not None else ""
             log(f"parity {variant:8s}: top-1 agreement {p['top1_agreement']:.4f}, max |logit diff| "
                 f"{p['max_abs_logit_diff']:.2e}, accuracy {p['accuracy']:.4f} (Keras {p['keras_accuracy']:.4f}) "
-                f"on {p['images']} test images")
+                f"on {p['images']} test images without noise{noisy}")
 
         version = next_version(os.path.join(export_dir, SERVING_DIR, model_name))
         manifest = manifest_lib.Manifest(
@@ -380,8 +444,9 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
             alpha=float(metrics["alpha"]), preprocessing=images.preprocessing,
             activation_shape=list(metrics["activation_shape"]), clients=clients,
             source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
-            privacy=privacy_card(config.model_dir))
-        log(privacy_verdict(manifest.privacy, config.model_dir))
+            privacy=privacy_card(config.model_dir, export_bound(split, metrics, clients)), noise=noise)
+        for line in privacy_verdict(manifest.privacy, config.model_dir):
+            log(line)
         manifest.save(os.path.join(staging, CLIENT_DIR))
         client_dir = install(staging, export_dir, model_name, version)
     except OSError as error:

@@ -26,7 +26,8 @@ DEFENCES = ("recommended", "plain")
 # The defence settings: give any of them on the command line and the recommendation steps aside.
 DEFENCE_FIELDS = ("cut", "client_width", "bottleneck", "alpha", "alpha_warmup_epochs", "alpha_ramp_epochs",
                   "adversary_weight", "adversary_ssim_threshold", "adversary_label_aware", "adversary_width",
-                  "noise", "noise_scale")
+                  "noise", "noise_scale", "bounded", "device_noise", "device_noise_warmup_epochs",
+                  "device_noise_ramp_epochs")
 # The protective defence measured for each offline dataset (README, "Leakage: the frontier"): train.train
 # uses it unless --defence=plain or a defence flag is given.
 RECOMMENDED_DEFENCE: dict[str, dict[str, Any]] = {
@@ -156,6 +157,16 @@ class TrainConfig(Settings):
     noise: str = setting("none", "Noise baseline: add gaussian or uniform noise to the activations the client "
                          "sends (training and inference).", choices=NOISE_KINDS, swept=True)
     noise_scale: float = setting(0.0, "Noise std relative to each sample's activation std.", minimum=0, swept=True)
+    bounded: bool = setting(False, "End the --bottleneck in tanh, so that every value the device sends lies in "
+                            "[-1, 1] (the bound in bits needs it).")
+    device_noise: float = setting(0.0, "The device adds Gaussian noise of this standard deviation to each bounded "
+                                  "value it sends (needs --bounded; trained with it; the edge client draws it). One "
+                                  "request then reveals at most k/2*log2(1+1/s^2) bits for k values (bound_bits).",
+                                  minimum=0, swept=True)
+    device_noise_warmup_epochs: float = setting(0.0, "Train this many epochs (may be fractional) without the "
+                                                "device noise first.", minimum=0)
+    device_noise_ramp_epochs: float = setting(0.0, "Then raise the device noise linearly to --device_noise over "
+                                              "this many epochs.", minimum=0)
     epochs: int = setting(0, "Training epochs (in total, counting epochs of a resumed run); 0: the dataset's "
                           "default (nopeek_tf.config.DATASET_DEFAULTS: minutes on a laptop CPU).", minimum=0,
                           resumable=True)
@@ -184,6 +195,14 @@ class TrainConfig(Settings):
         check(self)
         if (self.noise != "none") != (self.noise_scale > 0):
             raise ConfigError("--noise_scale must be > 0 with --noise=gaussian/uniform, and 0 with --noise=none")
+        if self.bounded and not self.bottleneck:
+            raise ConfigError("--bounded needs --bottleneck=K (the tanh ends the bottleneck)")
+        if self.device_noise and not self.bounded:
+            raise ConfigError("--device_noise needs --bounded (the bound holds for values in [-1, 1])")
+        if self.device_noise and self.noise != "none":
+            raise ConfigError("--device_noise replaces the --noise baseline: give one of them")
+        if (self.device_noise_warmup_epochs or self.device_noise_ramp_epochs) and not self.device_noise:
+            raise ConfigError("--device_noise_warmup_epochs and --device_noise_ramp_epochs need --device_noise")
         if self.batch_size == 1:
             raise ConfigError("--batch_size must be at least 2 (dCor is computed over pairs), or 0 for the dataset's "
                               "default, got 1")

@@ -218,7 +218,7 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
     assert int8_result["client"] == "int8"
     assert json.load(open(os.path.join(model_dir, "leakage_int8.json")))["worst_ssim"] == int8_result["worst_ssim"]
     assert json.load(open(os.path.join(model_dir, "leakage.json"))) == written  # the Keras client's file stays
-    run, variant = evaluation.tflite_client(int8_file)
+    run, variant, _ = evaluation.tflite_client(int8_file)
     device = run(attack_data.test_images[:8])
     keras_activations = model_dir_lib.load(model_dir)[0].sent_activations(attack_data.test_images[:8])
     assert variant == "int8"
@@ -232,6 +232,11 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
     assert card.privacy["excess_ssim"] == pytest.approx(written["worst_ssim"] - written["label_only"]["ssim"])
     assert card.privacy["budget"]["label_aware"] == next(a["budget"] for a in written["attacks"]
                                                          if a["attack"] == "label_aware")
+    values = int(np.prod(manifest.activation_shape))
+    assert written["bound_bits"] == card.privacy["bound_bits"] == 32 * values  # no noise: the float32 wire's
+    assert card.privacy["label_bits"] == pytest.approx(np.log2(40)) and manifest.noise is None
+    bound_line = [line for line in lines if "bound:" in line]
+    assert len(bound_line) == 1 and bound_line[0].startswith("warning:") and "no bound below" in bound_line[0]
     verdict = [line for line in lines if "privacy card" in line]
     assert len(verdict) == 1 and f"excess {card.privacy['excess_ssim']:+.3f}" in verdict[0]
     assert verdict[0].startswith("warning:") == (card.privacy["excess_ssim"] > export.EXCESS_WARNING)

@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 
-import grpc
 import keras
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from nopeek_tf.core import models
 from nopeek_tf.device.litert import ClientRunner
 from tests.conftest import REPO_ROOT
 from nopeek_tf.training.distribute import free_ports
-from tests.local_server import LocalServer
+from tests.local_server import Capture, LocalServer
 
 MODEL = "nopeek_orl_faces"
 ORL = data.orl_faces_dir()
@@ -111,28 +110,9 @@ def test_wire_compatible_with_the_official_messages():
 
 def test_only_activations_leave_the_device(exported):
     export_dir, manifest = exported
-    captured_rest, captured_grpc = [], []
-
-    @web.middleware
-    async def capture(request, handler):
-        captured_rest.append(await request.read())
-        return await handler(request)
-
-    class Capture(grpc.aio.ServerInterceptor):
-        async def intercept_service(self, continuation, details):
-            handler = await continuation(details)
-            if handler is None or handler.unary_unary is None:
-                return handler
-            inner = handler.unary_unary
-
-            async def unary(request, context):
-                captured_grpc.append(request)
-                return await inner(request, context)
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
-                                                       handler.response_serializer)
-
-    server = LocalServer({MODEL: os.path.join(export_dir, "serving", MODEL)},
-                         rest_middlewares=[capture], grpc_interceptors=[Capture()])
+    capture = Capture()
+    captured_rest, captured_grpc = capture.rest, capture.grpc
+    server = LocalServer({MODEL: os.path.join(export_dir, "serving", MODEL)}, **capture.server_hooks())
     sent = {variant: ClientRunner.from_file(_tflite(export_dir, variant)).send(
         load_image(FACES[0], manifest.preprocessing)[np.newaxis]) for variant in ("float32", "int8")}
     try:

@@ -20,13 +20,23 @@ from nopeek_tf.device.litert import LiteRTModel
 from tests.conftest import REPO_ROOT
 
 
-def test_export_warns_without_a_leakage_evaluation_and_above_the_excess_threshold():
-    assert export.privacy_verdict(None, "runs/x").startswith("warning: runs/x has no leakage evaluation")
-    card = {"worst_attack": "public_client", "worst_ssim": 0.8, "floor_ssim": 0.35, "excess_ssim": 0.45}
-    assert export.privacy_verdict(card, "runs/x").startswith("warning: privacy card: worst attack public_client")
+def test_export_warns_without_a_leakage_evaluation_above_the_excess_threshold_and_without_a_bound():
+    from nopeek_tf.device import bound
+
+    unbounded = bound.bound_report(4, 10)  # no noise: 4 float32 values, 128 bits
+    noisy = bound.bound_report(4, 10, stddev=0.26, clip=1.0)
+    no_evaluation = export.privacy_verdict(unbounded, "runs/x")
+    assert no_evaluation[0].startswith("warning: bound: one request reveals at most 128.00 bits")
+    assert "no bound below the wire format's own" in no_evaluation[0]
+    assert no_evaluation[1].startswith("warning: runs/x has no leakage evaluation")
+    assert export.privacy_verdict(noisy, "runs/x")[0] == (
+        "bound: one request reveals at most 7.96 bits about the image (4 values on a float32 wire; the class "
+        "takes 3.32)")
+    card = {**noisy, "worst_attack": "public_client", "worst_ssim": 0.8, "floor_ssim": 0.35, "excess_ssim": 0.45}
+    assert export.privacy_verdict(card, "runs/x")[1].startswith("warning: privacy card: worst attack public_client")
     calm = {**card, "worst_ssim": 0.4, "excess_ssim": 0.05}
-    assert export.privacy_verdict(calm, "runs/x") == ("privacy card: worst attack public_client SSIM 0.400, "
-                                                      "label-only floor 0.350, excess +0.050")
+    assert export.privacy_verdict(calm, "runs/x")[1] == ("privacy card: worst attack public_client SSIM 0.400, "
+                                                         "label-only floor 0.350, excess +0.050")
 
 
 def test_layout_and_manifest(exported, trained_dir):

@@ -56,3 +56,42 @@ class LocalServer:
         self.manager.stop()
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+
+
+class Capture:
+    """Keeps every request body the local server receives (REST) and every gRPC request message.
+
+    ``LocalServer(..., **capture.server_hooks())`` installs it.
+    """
+
+    def __init__(self):
+        import grpc
+        from aiohttp import web
+
+        self.rest: list[bytes] = []
+        self.grpc: list = []
+
+        @web.middleware
+        async def rest_hook(request, handler):
+            self.rest.append(await request.read())
+            return await handler(request)
+
+        captured = self.grpc
+
+        class GrpcHook(grpc.aio.ServerInterceptor):
+            async def intercept_service(self, continuation, details):
+                handler = await continuation(details)
+                if handler is None or handler.unary_unary is None:
+                    return handler
+                inner = handler.unary_unary
+
+                async def unary(request, context):
+                    captured.append(request)
+                    return await inner(request, context)
+                return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
+                                                           handler.response_serializer)
+
+        self._rest_hook, self._grpc_hook = rest_hook, GrpcHook()
+
+    def server_hooks(self) -> dict:
+        return {"rest_middlewares": [self._rest_hook], "grpc_interceptors": [self._grpc_hook]}

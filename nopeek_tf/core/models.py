@@ -31,11 +31,13 @@ import numpy as np
 import tensorflow as tf
 
 from nopeek_tf.core.dcor import distance_correlation
+from nopeek_tf.device import bound
 
 CLIENT_NAME = "client"
 SERVER_NAME = "server"
 NOPEEK_NAME = "nopeek"
 NOISE_NAME = "noise"
+DEVICE_NOISE_NAME = "device_noise"
 BOTTLENECK_NAME = "bottleneck"
 DCOR_METRIC_NAME = "dcor"
 
@@ -180,22 +182,63 @@ class ActivationNoise(keras.layers.Layer):
         return {**super().get_config(), "kind": self.kind, "scale": self.scale, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="nopeek_tf")
+class DeviceNoise(keras.layers.Layer):
+    """What the device does to a bounded client's activations: clip to [-clip, clip], add Gaussian noise.
+
+    ``clip(z, -clip, clip) + stddev * eps``, eps standard Gaussian, in training and at inference, so
+    that the server half learns to classify what the device sends. Unlike :class:`ActivationNoise` the
+    noise is absolute: with values bounded by ``clip``, it bounds the bits one request carries
+    (:mod:`nopeek_tf.device.bound`). The exported client ``.tflite`` holds no noise: the edge client adds
+    it with a generator seeded by the operating system. ``noise_scale`` (1 unless a
+    :class:`AlphaSchedule` for this layer ramps it up) scales the noise in training only; evaluation
+    always adds the full noise.
+
+    Args:
+      stddev: the noise's standard deviation.
+      clip: the bound on each value.
+    """
+
+    def __init__(self, stddev: float = 0.0, clip: float = 1.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if stddev < 0 or clip <= 0:
+            raise ValueError(f"device noise needs stddev >= 0 and clip > 0, got {stddev} and {clip}")
+        self.stddev, self.clip, self.seed = float(stddev), float(clip), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.noise_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="noise_scale")
+
+    def call(self, activations, training=None):
+        bounded = keras.ops.clip(activations, -self.clip, self.clip)
+        eps = keras.ops.cast(keras.random.normal(keras.ops.shape(activations), seed=self.seed_generator),
+                             activations.dtype)
+        stddev = self.stddev * keras.ops.cast(self.noise_scale, activations.dtype) if training else self.stddev
+        return bounded + stddev * eps
+
+    def get_config(self):
+        return {**super().get_config(), "stddev": self.stddev, "clip": self.clip, "seed": self.seed}
+
+
 class AlphaSchedule(keras.callbacks.Callback):
     """Warms the NoPeek weight up: 0 for ``warmup_epochs``, then linear to alpha over ``ramp_epochs``.
 
     Updated every training step from the optimizer's step count, so a resumed
-    run continues the schedule where it stopped.
+    run continues the schedule where it stopped. With ``layer=DEVICE_NOISE_NAME``
+    and ``weight="noise_scale"`` it ramps the device's noise up the same way.
 
     Args:
       warmup_epochs: epochs (may be fractional) trained on the task loss alone.
       ramp_epochs: epochs over which alpha then rises linearly to its full value.
+      layer: the full model's layer that holds the scale.
+      weight: the attribute of that layer holding the scale variable.
     """
 
-    def __init__(self, warmup_epochs: float = 0.0, ramp_epochs: float = 0.0):
+    def __init__(self, warmup_epochs: float = 0.0, ramp_epochs: float = 0.0, layer: str = NOPEEK_NAME,
+                 weight: str = "alpha_scale"):
         super().__init__()
         if warmup_epochs < 0 or ramp_epochs < 0:
             raise ValueError("warm-up and ramp epochs must be >= 0")
         self.warmup_epochs, self.ramp_epochs = warmup_epochs, ramp_epochs
+        self.layer, self.weight = layer, weight
         self._last = None
         self._epoch = 0
 
@@ -214,7 +257,7 @@ class AlphaSchedule(keras.callbacks.Callback):
         """Puts the share of alpha at ``epoch`` in force in ``full``'s NoPeek layer (assigned only on change)."""
         scale = self.scale_at(epoch)
         if scale != self._last:
-            full.get_layer(NOPEEK_NAME).alpha_scale.assign(scale)
+            getattr(full.get_layer(self.layer), self.weight).assign(scale)
             self._last = scale
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -350,6 +393,7 @@ class SplitModel:
     client: keras.Model
     server: keras.Model
     noise: ActivationNoise | None = None
+    device_noise: DeviceNoise | None = None
 
     @property
     def activation_shape(self) -> tuple[int, ...]:
@@ -359,7 +403,23 @@ class SplitModel:
     def send(self, images, training: bool = False):
         """What the device sends for an image batch (a tensor): the client's activations, plus the noise if any."""
         activations = self.client(images, training=training)
+        if self.device_noise is not None:
+            return self.device_noise(activations, training=training)
         return activations if self.noise is None else self.noise(activations)
+
+    def bound_report(self, num_classes: int, wire: str = "float32") -> dict:
+        """The bits one request can reveal (:func:`nopeek_tf.device.bound.bound_report`) on a ``wire`` format."""
+        values = int(np.prod(self.activation_shape))
+        if self.device_noise is None:
+            return bound.bound_report(values, num_classes, wire=wire)
+        return bound.bound_report(values, num_classes, self.device_noise.stddev, self.device_noise.clip, wire)
+
+    @property
+    def bounded(self) -> bool:
+        """True when the client ends in tanh (every value it sends lies in [-1, 1])."""
+        last = self.client.layers[-1]
+        return getattr(last, "name", "") == BOTTLENECK_NAME and keras.activations.serialize(
+            getattr(last, "activation", None)) == "tanh"
 
     def sent_activations(self, images, batch_size: int = 256):
         """What the device sends for ``images`` (numpy), as numpy, computed in batches."""
@@ -376,6 +436,8 @@ def build_split_model(
     noise: tuple[str, float] | None = None,
     client_width: float = 1.0,
     bottleneck: int = 0,
+    bounded: bool = False,
+    device_noise: float = 0.0,
 ) -> SplitModel:
     """Builds a NoPeek split model.
 
@@ -392,6 +454,9 @@ def build_split_model(
       bottleneck: if > 0, the client ends with a linear layer to this many
         channels (a 1x1 convolution, or units after a dense cut), no ReLU: the
         client sends fewer values, and the server starts from them.
+      bounded: the bottleneck ends in tanh, so every value sent lies in [-1, 1].
+      device_noise: with ``bounded``, the stddev of the Gaussian noise the device adds
+        (:class:`DeviceNoise`; trained with it); 0 for none.
 
     Returns:
       A :class:`SplitModel`; ``full`` is uncompiled and outputs logits.
@@ -399,6 +464,7 @@ def build_split_model(
     Raises:
       ValueError: for an unknown architecture or cut, a negative alpha or a client_width <= 0.
     """
+    check_bound_settings(bottleneck, bounded, device_noise)
     cut = resolve_cut(arch, cut)
     if client_width <= 0:
         raise ValueError(f"client_width must be positive, got {client_width:g}")
@@ -417,28 +483,59 @@ def build_split_model(
     x = image
     for _, block in blocks[:split_at]:
         x = block(x)
+    cut_shape = x.shape
     if bottleneck:
-        x = bottleneck_layer(bottleneck, len(x.shape))(x)
+        x = bottleneck_layer(bottleneck, len(x.shape), bounded=bounded)(x)
     client = keras.Model(image, x, name=CLIENT_NAME)
 
     activations = keras.Input(shape=client.output_shape[1:], name="activations")
     y = activations
+    if bounded:
+        # Values in [-1, 1] cannot make large logits through one linear layer: the server first
+        # expands them back to the cut's width, with the cut's ReLU.
+        y = expand_layer(cut_shape[-1], len(cut_shape), "relu")(y)
     for _, block in blocks[split_at:]:
         y = block(y)
     if len(y.shape) > 2:
         y = keras.layers.Flatten(name="head_flatten")(y)
     logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(y)  # float32 under mixed precision
     server = keras.Model(activations, logits, name=SERVER_NAME)
-    return assemble_split(client, server, alpha, noise, name=f"nopeek_{arch}_{cut}")
+    return assemble_split(client, server, alpha, noise, name=f"nopeek_{arch}_{cut}", device_noise=device_noise)
 
 
-def bottleneck_layer(channels: int, rank: int, name: str = BOTTLENECK_NAME) -> keras.layers.Layer:
-    """A linear layer to ``channels``: a 1x1 convolution for image-shaped activations (rank 4), else dense."""
-    return keras.layers.Conv2D(channels, 1, name=name) if rank == 4 else keras.layers.Dense(channels, name=name)
+def check_bound_settings(bottleneck: int, bounded: bool, device_noise: float) -> None:
+    """Raises ValueError unless a bounded client has a bottleneck and device noise has a bounded client."""
+    if bounded and not bottleneck:
+        raise ValueError("a bounded client needs a bottleneck (the tanh ends it)")
+    if device_noise < 0:
+        raise ValueError(f"device noise must be >= 0, got {device_noise}")
+    if device_noise and not bounded:
+        raise ValueError("device noise needs a bounded client (values in [-1, 1]) for its bound to hold")
+
+
+def bottleneck_layer(channels: int, rank: int, name: str = BOTTLENECK_NAME, bounded: bool = False
+                     ) -> keras.layers.Layer:
+    """A layer to ``channels``: a 1x1 convolution for image-shaped activations (rank 4), else dense.
+
+    Linear, or ending in tanh when ``bounded`` (every value in [-1, 1]).
+    """
+    activation = "tanh" if bounded else None
+    if rank == 4:
+        return keras.layers.Conv2D(channels, 1, activation=activation, name=name)
+    return keras.layers.Dense(channels, activation=activation, name=name)
+
+
+def expand_layer(channels: int, rank: int, activation: str | None = None) -> keras.layers.Layer:
+    """The server's first layer after a bottleneck: back to the cut's ``channels`` (1x1 convolution or dense)."""
+    name = f"{BOTTLENECK_NAME}_expand"
+    if rank == 4:
+        return keras.layers.Conv2D(channels, 1, activation=activation, name=name)
+    return keras.layers.Dense(channels, activation=activation, name=name)
 
 
 def assemble_split(client: keras.Model, server: keras.Model, alpha: float = 0.0,
-                   noise: tuple[str, float] | None = None, name: str = "nopeek") -> SplitModel:
+                   noise: tuple[str, float] | None = None, name: str = "nopeek",
+                   device_noise: float = 0.0) -> SplitModel:
     """The trainable full model ``server(nopeek([image, noise(client(image))]))`` of two halves.
 
     Args:
@@ -447,17 +544,21 @@ def assemble_split(client: keras.Model, server: keras.Model, alpha: float = 0.0,
       alpha: weight of the dCor loss.
       noise: (kind, scale) for :class:`ActivationNoise` on what the client sends, or None.
       name: the full model's name.
+      device_noise: the stddev of :class:`DeviceNoise` on what a bounded client sends (0: none).
     """
     full_input = keras.Input(shape=client.input_shape[1:], name="image")
     sent = client(full_input)
-    noise_layer = None
+    noise_layer = device_noise_layer = None
     if noise is not None:
         noise_layer = ActivationNoise(*noise, name=NOISE_NAME, dtype="float32")
         sent = noise_layer(sent)
+    if device_noise:
+        device_noise_layer = DeviceNoise(device_noise, name=DEVICE_NOISE_NAME, dtype="float32")
+        sent = device_noise_layer(sent)
     # float32 policy: under mixed precision, dCor is still computed from float32 inputs.
     cut_activations = NoPeekLayer(alpha, name=NOPEEK_NAME, dtype="float32")([full_input, sent])
     full = keras.Model(full_input, server(cut_activations), name=name)
-    return SplitModel(full=full, client=client, server=server, noise=noise_layer)
+    return SplitModel(full=full, client=client, server=server, noise=noise_layer, device_noise=device_noise_layer)
 
 
 @contextlib.contextmanager
@@ -509,10 +610,12 @@ def flops(model: keras.Model) -> int:
 
 
 def split_halves(full: keras.Model) -> SplitModel:
-    """Recovers the client and server halves (and the noise layer, if any) of a (possibly loaded) full model."""
-    noise = full.get_layer(NOISE_NAME) if any(layer.name == NOISE_NAME for layer in full.layers) else None
+    """Recovers the client and server halves (and the noise layers, if any) of a (possibly loaded) full model."""
+    names = {layer.name for layer in full.layers}
+    noise = full.get_layer(NOISE_NAME) if NOISE_NAME in names else None
+    device_noise = full.get_layer(DEVICE_NOISE_NAME) if DEVICE_NOISE_NAME in names else None
     return SplitModel(full=full, client=full.get_layer(CLIENT_NAME), server=full.get_layer(SERVER_NAME),
-                      noise=noise)
+                      noise=noise, device_noise=device_noise)
 
 
 def nopeek_alpha(full: keras.Model) -> float:

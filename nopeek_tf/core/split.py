@@ -285,7 +285,8 @@ def default_cut(model: keras.Model) -> str:
 
 
 def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
-                noise: tuple[str, float] | None = None, bottleneck: int = 0) -> models.SplitModel:
+                noise: tuple[str, float] | None = None, bottleneck: int = 0, bounded: bool = False,
+                device_noise: float = 0.0) -> models.SplitModel:
     """Splits a Keras model at layer ``cut`` into NoPeek's client half, NoPeek layer and server half.
 
     The halves call the user's own layer objects, so they start from (and train)
@@ -299,6 +300,8 @@ def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
       noise: (kind, scale) for the noise baseline (:class:`nopeek_tf.models.ActivationNoise`), or None.
       bottleneck: if > 0, the client ends with a linear 1x1 convolution (dense after a flat cut) to this
         many channels, and the server starts with one back to the cut's channels.
+      bounded: the bottleneck ends in tanh (every value sent in [-1, 1]).
+      device_noise: with ``bounded``, the stddev of the Gaussian noise the device adds (trained with it).
 
     Returns:
       A :class:`nopeek_tf.models.SplitModel` whose ``full`` model outputs logits.
@@ -307,6 +310,7 @@ def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
       CutError: ``cut`` is not a layer of the model, or is crossed by a skip connection (the message
         names the tensors that cross and the nearest valid cuts before and after).
     """
+    models.check_bound_settings(bottleneck, bounded, device_noise)
     graph = Graph(model)
     index = graph.check_cut(cut or graph.default_cut())
     client_nodes = sorted(graph.ancestors(index))
@@ -318,14 +322,13 @@ def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
     graph.replay(client_nodes, known)
     sent = known[id(cut_tensor)]
     if bottleneck:
-        sent = models.bottleneck_layer(bottleneck, len(sent.shape))(sent)
+        sent = models.bottleneck_layer(bottleneck, len(sent.shape), bounded=bounded)(sent)
     client = keras.Model(image, sent, name=models.CLIENT_NAME)
 
     activations = keras.Input(shape=client.output_shape[1:], name="activations")
     start = activations
     if bottleneck:
-        start = models.bottleneck_layer(cut_tensor.shape[-1], len(cut_tensor.shape), f"{models.BOTTLENECK_NAME}_expand"
-                                        )(activations)
+        start = models.expand_layer(cut_tensor.shape[-1], len(cut_tensor.shape))(activations)
     known = {id(cut_tensor): start}
     last = graph.producer[id(graph.output)]
     head = graph.nodes[last].operation
@@ -342,7 +345,8 @@ def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
     else:
         logits = known[id(graph.output)]
     server = keras.Model(activations, logits, name=models.SERVER_NAME)
-    return models.assemble_split(client, server, alpha, noise, name=f"nopeek_{_safe_name(model.name)}_{cut}")
+    return models.assemble_split(client, server, alpha, noise, name=f"nopeek_{_safe_name(model.name)}_{cut}",
+                                 device_noise=device_noise)
 
 
 def _safe_name(name: str) -> str:
@@ -444,5 +448,7 @@ def split_for_config(config, input_shape: Sequence[int], num_classes: int, alpha
     network = load_network(config, input_shape, num_classes)
     if network is None:
         return models.build_split_model(config.arch, input_shape, num_classes, config.cut, alpha, noise=noise,
-                                        client_width=config.client_width, bottleneck=config.bottleneck)
-    return split_model(network, config.cut, alpha, noise=noise, bottleneck=config.bottleneck)
+                                        client_width=config.client_width, bottleneck=config.bottleneck,
+                                        bounded=config.bounded, device_noise=config.device_noise)
+    return split_model(network, config.cut, alpha, noise=noise, bottleneck=config.bottleneck, bounded=config.bounded,
+                       device_noise=config.device_noise)

@@ -121,6 +121,24 @@ class ClientRunner:
             activations = manifest_lib.dequantize(activations, self.client.output.quantization)
         return activations.astype(np.float32)
 
+    def wire_activations(self, pixels: np.ndarray, noise=None) -> np.ndarray:
+        """What goes on the wire for uint8 pixels [N, H, W, C], as the edge client sends it.
+
+        Without device noise, the client's output as it is (:meth:`send`). With a
+        :class:`nopeek_tf.device.noise.DeviceNoiseSource`, the float activations clipped and noised;
+        an int8 client's are then quantized with the manifest's ``wire_quantization``.
+        """
+        from nopeek_tf.device import manifest as manifest_lib
+
+        if noise is None and self.client.wire_quantization is None:
+            return self.send(pixels)
+        activations = self.float_activations(pixels)
+        if noise is not None:
+            activations = noise.add(pixels, activations)
+        if self.client.wire_quantization is not None:
+            return manifest_lib.quantize(activations, self.client.wire_quantization, "int8")
+        return activations
+
     def from_float_images(self, images: np.ndarray) -> np.ndarray:
         """Float images in [0, 1] (as the training pipeline makes them) -> float32 activations."""
         pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)

@@ -67,7 +67,12 @@ class Preprocessing:
 
 @dataclasses.dataclass
 class ClientModel:
-    """One exported ``.tflite`` variant of the client half."""
+    """One exported ``.tflite`` variant of the client half.
+
+    ``wire_quantization``: for an int8 client of a model with device noise, how the device
+    quantizes the noisy activations for the wire (symmetric, wide enough for the noise;
+    the server's int8 signature dequantizes with it); None: the client's output goes as it is.
+    """
 
     variant: str
     file: str
@@ -76,6 +81,25 @@ class ClientModel:
     server_signature: str
     size_bytes: int
     parity: dict[str, Any] = dataclasses.field(default_factory=dict)
+    wire_quantization: Quantization | None = None
+
+    @property
+    def wire_dtype(self) -> str:
+        """The dtype of what this client sends: int8 for the int8 signature, else float32."""
+        return "int8" if self.server_signature == INT8_SIGNATURE else "float32"
+
+
+@dataclasses.dataclass
+class Noise:
+    """The noise the device adds before sending: clip each value to [-clip, clip], add Gaussian noise.
+
+    Drawn on the device from a generator the operating system seeds (never from a seed in a file);
+    the bits one request can then reveal: :func:`nopeek_tf.device.bound.bound_bits`.
+    """
+
+    kind: str
+    stddev: float
+    clip: float
 
 
 @dataclasses.dataclass
@@ -94,6 +118,7 @@ class Manifest:
     clients: dict[str, ClientModel]
     source_metrics: dict[str, Any]
     privacy: dict[str, Any] | None = None
+    noise: Noise | None = None
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -110,10 +135,15 @@ class Manifest:
                 name: ClientModel(
                     **{**client,
                        "input": _tensor_info(client["input"]),
-                       "output": _tensor_info(client["output"])})
+                       "output": _tensor_info(client["output"]),
+                       "wire_quantization": _quantization(client.get("wire_quantization"))})
                 for name, client in values["clients"].items()
             }
-            return cls(**{**values, "preprocessing": Preprocessing(**values["preprocessing"]), "clients": clients})
+            noise = Noise(**values["noise"]) if values.get("noise") else None
+            if noise is not None and (noise.kind != "gaussian" or not noise.stddev > 0 or not noise.clip > 0):
+                raise ValueError(f"noise must be gaussian with stddev > 0 and clip > 0, got {values['noise']}")
+            return cls(**{**values, "preprocessing": Preprocessing(**values["preprocessing"]), "clients": clients,
+                          "noise": noise})
         except (KeyError, TypeError) as error:
             raise ValueError(f"not a nopeek-tf manifest: {error}") from None
 
@@ -147,10 +177,13 @@ class Manifest:
         raise ValueError(f"{name} is not listed in the manifest (it lists {', '.join(c.file for c in self.clients.values())})")
 
 
+def _quantization(values: dict[str, Any] | None) -> Quantization | None:
+    return Quantization(**values) if values else None
+
+
 def _tensor_info(values: dict[str, Any]) -> TensorInfo:
-    quantization = values.get("quantization")
     return TensorInfo(shape=list(values["shape"]), dtype=values["dtype"],
-                      quantization=Quantization(**quantization) if quantization else None)
+                      quantization=_quantization(values.get("quantization")))
 
 
 def quantize(values: np.ndarray, quantization: Quantization, dtype: str) -> np.ndarray:

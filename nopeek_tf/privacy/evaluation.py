@@ -32,7 +32,7 @@ RECOGNIZER_ARCH = "orl_cnn"  # judges reconstructions of your own model's images
 GRID_IMAGES = 8  # scored images kept in reconstructions.npz/png
 # metrics.json settings copied into leakage.json, so that a result says what it attacked.
 DESCRIBING_SETTINGS = ("test_accuracy", "alpha", "alpha_warmup_epochs", "alpha_ramp_epochs", "noise", "noise_scale",
-                       "dataset", "arch", "cut")
+                       "bottleneck", "bounded", "device_noise", "dataset", "arch", "cut")
 
 
 @dataclasses.dataclass
@@ -76,15 +76,25 @@ def train_recognizer(metrics: dict, images: np.ndarray, labels: np.ndarray, epoc
 
 
 def tflite_client(path: str):
-    """The exported client as an attacker runs it: float images -> float activations (int8 dequantized).
+    """The exported client as the server receives it: float images -> float activations (int8 dequantized),
+    with the device's noise when the manifest has one (fresh draws: each image is sent once).
 
     Returns:
-      (the function, the client's variant name).
+      (the function, the client's variant name, the client's wire dtype).
     """
+    from nopeek_tf.device import manifest as manifest_lib
     from nopeek_tf.device.litert import ClientRunner
+    from nopeek_tf.device.noise import DeviceNoiseSource
 
-    runner = ClientRunner.from_file(path)
-    return runner.from_float_images, runner.client.variant
+    import os
+
+    manifest = manifest_lib.Manifest.load(os.path.dirname(os.path.abspath(path)))
+    runner = ClientRunner.from_file(path, manifest)
+    if manifest.noise is None:
+        return runner.from_float_images, runner.client.variant, runner.client.wire_dtype
+    noise = DeviceNoiseSource(manifest.noise, memoise=False)
+    return (lambda images: noise.draw(runner.from_float_images(images))), runner.client.variant, \
+        runner.client.wire_dtype
 
 
 def predicted_classes(split, activations: np.ndarray) -> np.ndarray:
@@ -131,9 +141,9 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.
     split, metrics = model_dir_lib.load(model_dir)
     budget = budget or AttackBudget()
     if tflite:
-        client, variant = tflite_client(tflite)
+        client, variant, wire = tflite_client(tflite)
     else:
-        client, variant = split.sent_activations, "keras"
+        client, variant, wire = split.sent_activations, "keras", "float32"
     test_activations = client(attack_data.test_images)
     report = attacks.run_attacks(attacks.AttackInput(
         client=client, client_model=split.client, train_images=attack_data.train_images,
@@ -144,6 +154,7 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.
                                                  metrics["dcor_batch_size"])
     result = {**report.to_json(), "client": variant, "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size,
               **{key: metrics.get(key) for key in DESCRIBING_SETTINGS},
+              **split.bound_report(metrics["num_classes"], wire),
               "budget": dataclasses.asdict(budget), "train_images": len(attack_data.train_images),
               "test_images": len(attack_data.test_images), "seed": seed}
     if write:
@@ -183,4 +194,7 @@ def result_lines(result: dict) -> list[str]:
         f", {result['excess_ssim']:+.3f} over the label-only floor {result['floor_ssim']:.3f}")
     lines.append(f"  worst case: {result['worst_attack']} SSIM {result['worst_ssim']:.3f}{excess}; test dCor "
                  f"{result['test_dcor']:.3f}")
+    if result.get("bound_bits") is not None:
+        lines.append(f"  bound: one request reveals at most {result['bound_bits']:.2f} bits about the image, whatever "
+                     f"the attack (the class takes {result['label_bits']:.2f})")
     return lines

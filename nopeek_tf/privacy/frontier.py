@@ -18,6 +18,7 @@ from nopeek_tf import config as config_lib
 from nopeek_tf import files
 from nopeek_tf.privacy import plots, sweep
 from nopeek_tf import model_dir as model_dir_lib
+from nopeek_tf.device import bound
 
 TABLE_FILE = "frontier.md"
 PLOT_FILE = "frontier.png"
@@ -44,6 +45,7 @@ def frontier_row(model_dir: str, leakage_name: str = model_dir_lib.LEAKAGE_FILE)
         "cut": metrics["cut"], "defence": defence_flags(metrics),
         "commands": (train_command(metrics, model_dir), leakage_command(leakage, model_dir)),
         "test_accuracy": metrics["test_accuracy"], "test_dcor": leakage["test_dcor"],
+        **bound_columns(metrics, leakage),
         "attacks": {name: attack["ssim"] for name, attack in attacks.items()},
         "worst_ssim": leakage["worst_ssim"], "worst_attack": leakage["worst_attack"],
         "floor_ssim": leakage.get("floor_ssim"), "excess_ssim": leakage.get("excess_ssim"),
@@ -53,6 +55,15 @@ def frontier_row(model_dir: str, leakage_name: str = model_dir_lib.LEAKAGE_FILE)
         "budget": (f"{leakage['train_images']:,} public-client images, decoders width {budget['decoder_width']} "
                    f"up to {budget['decoder_epochs']} epochs, inversion {budget['inversion_steps']} steps"),
     }
+
+
+def bound_columns(metrics: dict, leakage: dict) -> dict:
+    """``bound_bits`` and ``label_bits`` of a run (runs from before the bound: its float32 wire's)."""
+    if leakage.get("bound_bits") is not None:
+        return {"bound_bits": leakage["bound_bits"], "label_bits": leakage["label_bits"]}
+    values = metrics.get("activation_bytes_int8") or 0
+    return {"bound_bits": bound.bound_bits(values) if values else None,
+            "label_bits": bound.label_bits(metrics["num_classes"])}
 
 
 def defence_flags(metrics: dict) -> str:
@@ -92,19 +103,24 @@ def _flags(values: dict, defaults) -> str:
 def markdown_table(rows: Sequence[dict]) -> str:
     """The rows as a Markdown table: one column per attack, then the summary and the costs."""
     attack_names = list(dict.fromkeys(name for row in rows for name in row["attacks"]))
-    lines = ["| cut | defence (flags) | test accuracy | " + " | ".join(attack_names)
+    lines = ["| cut | defence (flags) | **bound (bits)** | test accuracy | " + " | ".join(attack_names)
              + " | worst SSIM | floor | **excess** | bytes sent (int8 / float32) | client's FLOPs |",
-             "|---|---|---|" + "---|" * len(attack_names) + "---|---|---|---|---|"]
+             "|---|---|---|---|" + "---|" * len(attack_names) + "---|---|---|---|---|"]
     for row in rows:
         excess = "-" if row["excess_ssim"] is None else f"**{round(row['excess_ssim'], 3) + 0.0:+.3f}**"
         floor = "-" if row["floor_ssim"] is None else f"{row['floor_ssim']:.3f}"
         share = "-" if row["client_flops_share"] is None else plots.share_text(row["client_flops_share"])
         sizes = "-" if row["activation_bytes_int8"] is None else (
             f"{row['activation_bytes_int8']:,} / {row['activation_bytes_float32']:,}")
-        lines.append(f"| {row['cut']} | {row['defence'] or 'undefended'} | {row['test_accuracy']:.3f} | "
+        bits = "-" if row.get("bound_bits") is None else f"**{bound.bits_text(row['bound_bits'])}**"
+        lines.append(f"| {row['cut']} | {row['defence'] or 'undefended'} | {bits} | {row['test_accuracy']:.3f} | "
                      + " | ".join(f"{row['attacks'][name]:.3f}" if name in row["attacks"] else "-"
                                   for name in attack_names)
                      + f" | {row['worst_ssim']:.3f} | {floor} | {excess} | {sizes} | {share} |")
+    if rows and rows[0].get("label_bits") is not None:
+        lines.append(f"\nBound: the most bits one request can reveal about the image, whatever the attack "
+                     f"(float32 wire; docs/leakage.md, \"The bound\"); the class alone takes "
+                     f"{rows[0]['label_bits']:.2f} bits.")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from nopeek_tf import files
 
 from nopeek_tf.privacy import plots
+from nopeek_tf.device import bound
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.config import (AttackBudget, ConfigError, EvaluationConfig, Settings, TrainConfig, default_arch,
                               resumable_fields, setting)
@@ -180,7 +181,9 @@ def result_row(defence: Defence, config: TrainConfig, base: TrainConfig, result:
     row = {"run": defence.name, "defence": defence.kind, "strength": defence.strength, "cut": defence.cut,
            "curve": defence.curve(config if defence.kind == "adversary" else base), "client_width": config.client_width,
            "alpha_warmup_epochs": config.alpha_warmup_epochs, "alpha_ramp_epochs": config.alpha_ramp_epochs,
-           "bottleneck": config.bottleneck, "test_accuracy": result["test_accuracy"], "test_dcor": result["test_dcor"],
+           "bottleneck": config.bottleneck, "bounded": config.bounded, "device_noise": config.device_noise,
+           "bound_bits": result.get("bound_bits"), "label_bits": result.get("label_bits"),
+           "test_accuracy": result["test_accuracy"], "test_dcor": result["test_dcor"],
            **{key: result.get(key) for key in SIZE_KEYS},
            "worst_attack": result["worst_attack"], "worst_ssim": result["worst_ssim"],
            "worst_psnr": result["worst_psnr"], "floor_ssim": result.get("floor_ssim"),
@@ -286,14 +289,15 @@ def markdown_table(rows: list[dict]) -> str:
     """The results as a Markdown table (paste into the README)."""
     summary = ("worst_ssim", "label_only_ssim", "floor_ssim", "excess_ssim")
     attacks = [key[:-5] for key in rows[0] if key.endswith("_ssim") and key not in summary]
-    lines = ["| run | test accuracy | test dCor | " + " | ".join(f"{a} SSIM" for a in attacks)
+    lines = ["| run | bound (bits) | test accuracy | test dCor | " + " | ".join(f"{a} SSIM" for a in attacks)
              + " | worst SSIM | excess over the floor | bytes sent (int8) | client FLOPs |",
-             "|---|---|---|" + "---|" * len(attacks) + "---|---|---|---|"]
+             "|---|---|---|---|" + "---|" * len(attacks) + "---|---|---|---|"]
     for row in rows:
         excess = "-" if row.get("excess_ssim") is None else f"{row['excess_ssim']:+.3f}"
         size = "-" if row.get("activation_bytes_int8") is None else f"{row['activation_bytes_int8']:,}"
         share = "-" if row.get("client_flops_share") is None else f"{100 * row['client_flops_share']:.0f}%"
-        lines.append(f"| {row['run']} | {row['test_accuracy']:.3f} | {row['test_dcor']:.3f} | "
+        bits = "-" if row.get("bound_bits") is None else bound.bits_text(row["bound_bits"])
+        lines.append(f"| {row['run']} | {bits} | {row['test_accuracy']:.3f} | {row['test_dcor']:.3f} | "
                      + " | ".join(f"{row.get(a + '_ssim', float('nan')):.3f}" for a in attacks)
                      + f" | {row['worst_ssim']:.3f} ({row['worst_attack']}) | {excess} | {size} | {share} |")
     if rows[0].get("label_only_ssim") is not None:

@@ -54,6 +54,14 @@ def describe(run: Run, split: models.SplitModel) -> str:
         schedule = f" (0 for {config.alpha_warmup_epochs:g} epochs, then a {config.alpha_ramp_epochs:g}-epoch ramp)"
     if config.noise != "none":
         schedule += f"; {config.noise} noise x{config.noise_scale:g}"
+    if config.device_noise:
+        schedule += (f"; tanh-bounded, device noise std {config.device_noise:g}: at most "
+                     f"{split.bound_report(info.num_classes)['bound_bits']:.2f} bits per image")
+        if config.device_noise_warmup_epochs or config.device_noise_ramp_epochs:
+            schedule += (f" (none for {config.device_noise_warmup_epochs:g} epochs, then a "
+                         f"{config.device_noise_ramp_epochs:g}-epoch ramp)")
+    elif config.bounded:
+        schedule += "; tanh-bounded"
     if config.adversary_weight:
         schedule += (f"; attacker-aware x{config.adversary_weight:g} above SSIM {config.adversary_ssim_threshold:g}"
                      + (" (label-aware decoder)" if config.adversary_label_aware else ""))
@@ -242,9 +250,12 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> t
     checkpoints = loop.Checkpoints(os.path.join(run.model_dir, model_dir_lib.CHECKPOINT_DIR), trainer, run.chief)
     first_epoch = checkpoints.restore()
     loop.skip_epochs(train_data, first_epoch)
-    schedule = None
+    schedules = []
     if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
-        schedule = models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs)
+        schedules.append(models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs))
+    if config.device_noise_warmup_epochs or config.device_noise_ramp_epochs:
+        schedules.append(models.AlphaSchedule(config.device_noise_warmup_epochs, config.device_noise_ramp_epochs,
+                                              layer=models.DEVICE_NOISE_NAME, weight="noise_scale"))
     report = EpochReporter(run, split)
     started = time.time()
     for epoch in range(first_epoch, config.epochs):
@@ -255,7 +266,7 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> t
         def before_step(step: int, epoch: int = epoch) -> None:
             if step == 1:
                 distribute.peers_met(run.strategy)  # a first collective step has run
-            if schedule:
+            for schedule in schedules:
                 schedule.apply(split.full, epoch + step / steps)
 
         train_logs = trainer.train_epoch(train_data, steps, before_step)
@@ -313,6 +324,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
         **evaluate(run, split, trainer, test_ds),
         "activation_shape": list(split.activation_shape),
         **sent_size(split),
+        **split.bound_report(run.raw.info.num_classes),
         "input_shape": list(run.input_shape),
         "network": os.path.basename(run.config.model_file) if run.config.model_file else run.config.arch,
         "num_classes": run.raw.info.num_classes,
