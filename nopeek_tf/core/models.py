@@ -418,8 +418,7 @@ class SplitModel:
     def bounded(self) -> bool:
         """True when the client ends in tanh (every value it sends lies in [-1, 1])."""
         last = self.client.layers[-1]
-        return getattr(last, "name", "") == BOTTLENECK_NAME and keras.activations.serialize(
-            getattr(last, "activation", None)) == "tanh"
+        return last.name == BOTTLENECK_NAME and keras.activations.serialize(getattr(last, "activation", None)) == "tanh"
 
     def sent_activations(self, images, batch_size: int = 256):
         """What the device sends for ``images`` (numpy), as numpy, computed in batches."""
