@@ -162,7 +162,7 @@ class TrainConfig(Settings):
     device_noise: float = setting(0.0, "The device adds Gaussian noise of this standard deviation to each bounded "
                                   "value it sends (needs --bounded; trained with it; the edge client draws it). One "
                                   "request then reveals at most k/2*log2(1+1/s^2) bits for k values (bound_bits).",
-                                  minimum=0, swept=True)
+                                  minimum=0)
     device_noise_warmup_epochs: float = setting(0.0, "Train this many epochs (may be fractional) without the "
                                                 "device noise first.", minimum=0)
     device_noise_ramp_epochs: float = setting(0.0, "Then raise the device noise linearly to --device_noise over "

@@ -95,39 +95,56 @@ def save_privacy_utility(path: str, rows: list[dict], title: str) -> None:
 
 
 def save_frontier(path: str, rows: list[dict], title: str) -> None:
-    """Test accuracy against excess leakage over the label-only floor, one marker per cut.
+    """Test accuracy against excess leakage over the label-only floor and against the bound in bits, one
+    marker per cut.
 
     Args:
       path: the PNG to write (atomically).
       rows: rows of :func:`nopeek_tf.frontier.frontier_row` (``cut``, ``defence``, ``test_accuracy``,
-        ``excess_ssim``, ``activation_bytes_int8``, ``client_flops_share``).
+        ``excess_ssim``, ``bound_bits``, ``label_bits``, ``activation_bytes_int8``, ``client_flops_share``).
       title: the figure's title.
     """
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(9, 5))
+    with_bound = any(row.get("bound_bits") for row in rows)
+    figure, axes = plt.subplots(1, 2 if with_bound else 1, figsize=(15 if with_bound else 9, 5), squeeze=False)
     markers = dict(zip(dict.fromkeys(row["cut"] for row in rows), "osD^v<>p"))
-    for cut, marker in markers.items():
-        members = [row for row in rows if row["cut"] == cut]
-        share = members[0]["client_flops_share"]
-        label = f"cut {cut}" + ("" if share is None else f" (client runs {share_text(share)} of the FLOPs)")
-        points = axis.scatter([row["excess_ssim"] for row in members], [row["test_accuracy"] for row in members],
-                              marker=marker, s=50, label=label)
-        for row in members:
-            note = _short_defence(row["defence"])
-            if row["activation_bytes_int8"] is not None:
-                note += f"; {row['activation_bytes_int8']:,} B"
-            axis.annotate(note, (row["excess_ssim"], row["test_accuracy"]), fontsize=7, textcoords="offset points",
-                          xytext=(4, 3), color=points.get_facecolor()[0])
+    panels = [("excess_ssim", axes[0][0])] + ([("bound_bits", axes[0][1])] if with_bound else [])
+    for key, axis in panels:
+        for cut, marker in markers.items():
+            members = [row for row in rows if row["cut"] == cut and row.get(key) is not None]
+            if not members:
+                continue
+            share = members[0]["client_flops_share"]
+            label = f"cut {cut}" + ("" if share is None else f" (client runs {share_text(share)} of the FLOPs)")
+            points = axis.scatter([row[key] for row in members], [row["test_accuracy"] for row in members],
+                                  marker=marker, s=50, label=label)
+            for row in members:
+                note = _short_defence(row["defence"])
+                if row["activation_bytes_int8"] is not None:
+                    note += f"; {row['activation_bytes_int8']:,} B"
+                axis.annotate(note, (row[key], row["test_accuracy"]), fontsize=7, textcoords="offset points",
+                              xytext=(4, 3), color=points.get_facecolor()[0])
+        axis.set_ylabel("test accuracy")
+        axis.grid(alpha=0.3)
+    axis = axes[0][0]
     axis.axvline(0.0, color="grey", linestyle=":", label="label-only floor (the class shows, nothing more)")
     axis.set_xlabel("excess leakage: worst attack's SSIM minus the label-only floor's (lower = more private)")
-    axis.set_ylabel("test accuracy")
-    axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="best")
     axis.set_title(title)
+    if with_bound:
+        axis = axes[0][1]
+        axis.set_xscale("log")
+        label_bits = next(row["label_bits"] for row in rows if row.get("label_bits"))
+        axis.axvline(label_bits, color="grey", linestyle=":", label=f"log2(classes) = {label_bits:.2f} bits")
+        axis.set_xlabel("bound: the most bits one request reveals about the image, any attack (log scale)")
+        axis.legend(fontsize=8, loc="best")
+        axis.set_title("the bound in bits")
     _save(plt, figure, path, dpi=110)
 
 
 _SHORT_FLAGS = (("--adversary_label_aware", "label-aware"), ("--adversary_weight=", "adversary "),
+                ("--device_noise_warmup_epochs=", "noise warm-up "), ("--device_noise_ramp_epochs=", "ramp "),
+                ("--device_noise=", "noise "), ("--bounded", "tanh"),
                 ("--bottleneck=", "bottleneck "), ("--noise_scale=", "x"), ("--noise=", ""), ("--", ""))
 
 
