@@ -235,3 +235,23 @@ def test_variant_auto_times_once_and_remembers(noisy_export, tmp_path, monkeypat
     assert edge_client.choose_variant(client_dir, "int8", str(tmp_path)).endswith("client_int8.tflite")
     with pytest.raises(edge_client.EdgeError, match="--variant float16: not exported"):
         edge_client.choose_variant(client_dir, "float16", str(tmp_path))
+
+
+def test_the_device_noise_warms_up_and_ramps_with_the_training_steps(tmp_path):
+    from nopeek_tf import config as config_lib
+    from nopeek_tf import model_dir as model_dir_lib
+    from nopeek_tf import training
+    from nopeek_tf.core import models
+
+    settings = dict(dataset="orl_faces", image_size=(28, 23), cut="dense", bottleneck=4, bounded=True,
+                    device_noise=0.4, device_noise_warmup_epochs=1, device_noise_ramp_epochs=2, alpha=0.0,
+                    batch_size=16, dcor_batch_size=50, verbose=0)
+    model_dir = str(tmp_path / "run")
+    training.train_and_evaluate(config_lib.TrainConfig(epochs=1, **settings), model_dir)
+    layer = model_dir_lib.load(model_dir)[0].full.get_layer(models.DEVICE_NOISE_NAME)
+    assert float(layer.noise_scale.numpy()) == 0.0  # the first epoch is the warm-up
+    training.train_and_evaluate(config_lib.TrainConfig(epochs=2, **settings), model_dir)  # resumed
+    split = model_dir_lib.load(model_dir)[0]
+    scale = float(split.full.get_layer(models.DEVICE_NOISE_NAME).noise_scale.numpy())
+    assert 0.4 < scale <= 0.5  # the last step of epoch 2: half-way up the 2-epoch ramp
+    assert split.device_noise.stddev == 0.4 and split.bounded
