@@ -39,6 +39,7 @@ NOPEEK_NAME = "nopeek"
 NOISE_NAME = "noise"
 DEVICE_NOISE_NAME = "device_noise"
 BOTTLENECK_NAME = "bottleneck"
+BOUNDED_NAME = "bottleneck_tanh"
 DCOR_METRIC_NAME = "dcor"
 
 
@@ -417,8 +418,7 @@ class SplitModel:
     @property
     def bounded(self) -> bool:
         """True when the client ends in tanh (every value it sends lies in [-1, 1])."""
-        last = self.client.layers[-1]
-        return last.name == BOTTLENECK_NAME and keras.activations.serialize(getattr(last, "activation", None)) == "tanh"
+        return self.client.layers[-1].name == BOUNDED_NAME
 
     def sent_activations(self, images, batch_size: int = 256):
         """What the device sends for ``images`` (numpy), as numpy, computed in batches."""
@@ -513,15 +513,19 @@ def check_bound_settings(bottleneck: int, bounded: bool, device_noise: float) ->
 
 
 def bottleneck_layer(channels: int, rank: int, name: str = BOTTLENECK_NAME, bounded: bool = False
-                     ) -> keras.layers.Layer:
+                     ) -> Callable[[keras.KerasTensor], keras.KerasTensor]:
     """A layer to ``channels``: a 1x1 convolution for image-shaped activations (rank 4), else dense.
 
-    Linear, or ending in tanh when ``bounded`` (every value in [-1, 1]).
+    Linear; when ``bounded``, followed by batch normalisation and tanh, so every value lies in [-1, 1].
+    The normalisation keeps the tanh out of saturation when training starts (a saturated tanh passes
+    almost no gradient), and its learnt scale lets the client push its values to +-1 as the noise asks.
     """
-    activation = "tanh" if bounded else None
-    if rank == 4:
-        return keras.layers.Conv2D(channels, 1, activation=activation, name=name)
-    return keras.layers.Dense(channels, activation=activation, name=name)
+    linear = keras.layers.Conv2D(channels, 1, name=name) if rank == 4 else keras.layers.Dense(channels, name=name)
+    if not bounded:
+        return linear
+    norm = keras.layers.BatchNormalization(name=f"{name}_norm")
+    tanh = keras.layers.Activation("tanh", name=BOUNDED_NAME)
+    return lambda x: tanh(norm(linear(x)))
 
 
 def expand_layer(channels: int, rank: int, activation: str | None = None) -> keras.layers.Layer:

@@ -29,6 +29,7 @@ from nopeek_tf.core import split as split_lib
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.config import ConfigError, TrainConfig
 from nopeek_tf.core.dcor import mean_batch_dcor
+from nopeek_tf.device import bound
 
 
 @dataclasses.dataclass
@@ -338,7 +339,9 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
     if run.chief:
         model_dir_lib.save_model(run.model_dir, split.full, metrics)
         print(f"test accuracy {metrics['test_accuracy']:.4f}, test dCor {metrics['test_dcor']:.4f} "
-              f"(mean over batches of {metrics['dcor_batch_size']}); wrote {run.model_dir}", flush=True)
+              f"(mean over batches of {metrics['dcor_batch_size']}); one request reveals at most "
+              f"{bound.bits_text(metrics['bound_bits'])} bits about an image (the class takes "
+              f"{metrics['label_bits']:.2f}); wrote {run.model_dir}", flush=True)
     else:
         print(f"{distribute.task_name(run.strategy)}: not the chief, wrote no files", flush=True)
     print(f"weights fingerprint {distribute.weights_fingerprint(split.full)}", flush=True)
