@@ -31,7 +31,7 @@ DEFENCE_FIELDS = ("cut", "client_width", "bottleneck", "alpha", "alpha_warmup_ep
 # The protective defence measured for each offline dataset (README, "Leakage: the frontier"): train.train
 # uses it unless --defence=plain or a defence flag is given.
 RECOMMENDED_DEFENCE: dict[str, dict[str, Any]] = {
-    "fashion_mnist": dict(cut="dense", bottleneck=4, alpha=0.0, adversary_weight=1.0, adversary_label_aware=True),
+    "fashion_mnist": dict(cut="dense", bottleneck=4, bounded=True, device_noise=0.26, alpha=0.0),
     "orl_faces": dict(cut="dense", bottleneck=32, alpha=0.0),
 }
 # (epochs, batch size) when --epochs/--batch_size are 0: each offline dataset's default run takes minutes on a

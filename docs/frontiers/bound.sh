@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 export TF_CPP_MIN_LOG_LEVEL=2
 RUN_DIR=${1:-runs/bound_frontier}
 ROWS=(
-  "dense_k4_8bits --cut=dense --bottleneck=4 --bounded --device_noise=0.258"
+  "dense_k4_8bits --cut=dense --bottleneck=4 --bounded --device_noise=0.26"
   "dense_k4_16bits --cut=dense --bottleneck=4 --bounded --device_noise=0.0626"
   "dense_k4_6bits --cut=dense --bottleneck=4 --bounded --device_noise=0.378"
   "conv2_k2_s1 --cut=conv2 --bottleneck=2 --bounded --device_noise=1"
