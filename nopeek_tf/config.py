@@ -32,7 +32,7 @@ DEFENCE_FIELDS = ("cut", "client_width", "bottleneck", "alpha", "alpha_warmup_ep
 # uses it unless --defence=plain or a defence flag is given.
 RECOMMENDED_DEFENCE: dict[str, dict[str, Any]] = {
     "fashion_mnist": dict(cut="dense", bottleneck=4, bounded=True, device_noise=0.26, alpha=0.0),
-    "orl_faces": dict(cut="dense", bottleneck=32, alpha=0.0),
+    "orl_faces": dict(cut="dense", bottleneck=32, bounded=True, device_noise=0.5, alpha=0.0),
 }
 # (epochs, batch size) when --epochs/--batch_size are 0: each offline dataset's default run takes minutes on a
 # laptop CPU (fashion_mnist: the recommended defence was measured at these; orl_faces: the quick start's).
