@@ -255,3 +255,29 @@ def test_the_device_noise_warms_up_and_ramps_with_the_training_steps(tmp_path):
     scale = float(split.full.get_layer(models.DEVICE_NOISE_NAME).noise_scale.numpy())
     assert 0.4 < scale <= 0.5  # the last step of epoch 2: half-way up the 2-epoch ramp
     assert split.device_noise.stddev == 0.4 and split.bounded
+
+
+def test_the_command_line_client_picks_its_variant_and_adds_the_noise_without_tensorflow(noisy_export, tmp_path):
+    from nopeek_tf.training import data
+    from tests.edge_test import _run_edge_cli
+    from tests.local_server import LocalServer
+
+    _, export_dir, manifest, _, _ = noisy_export
+    server = LocalServer({manifest.model_name: os.path.join(export_dir, "serving", manifest.model_name)})
+    faces = os.path.join(data.orl_faces_dir(), "s1")
+    try:
+        runs = [_run_edge_cli(["--tflite", os.path.join(export_dir, "client"), "--state_dir", str(tmp_path),
+                               "--server", server.grpc, "--transport", "grpc", faces]) for _ in range(2)]
+    finally:
+        server.stop()
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+        assert "device noise: std 0.5 on values clipped to +-1" in result.stdout
+        assert "at most 18.58 bits" in result.stdout
+    assert "timed the client variants on this device" in runs[0].stdout
+    assert "timed" not in runs[1].stdout  # remembered
+    answers = [[line.split(": ")[1] for line in result.stdout.splitlines() if ".pgm: " in line] for result in runs]
+    # The second run sends the memoised noisy values: the same class and probability for every face.
+    assert len(answers[0]) == 10 and [a.split(")")[0] for a in answers[0]] == [a.split(")")[0] for a in answers[1]]
+    assert len(os.listdir(os.path.join(tmp_path, f"{manifest.model_name}-v{manifest.server_version}",
+                                       "noise_memo"))) == 10  # one memo per face, reused by the second run
