@@ -234,7 +234,7 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
                                                          if a["attack"] == "label_aware")
     values = int(np.prod(manifest.activation_shape))
     assert written["bound_bits"] == card.privacy["bound_bits"] == 32 * values  # no noise: the float32 wire's
-    assert card.privacy["label_bits"] == pytest.approx(np.log2(40)) and manifest.noise is None
+    assert card.privacy["label_bits"] == pytest.approx(np.log2(40), abs=1e-4) and manifest.noise is None
     bound_line = [line for line in lines if "bound:" in line]
     assert len(bound_line) == 1 and bound_line[0].startswith("warning:") and "no bound below" in bound_line[0]
     verdict = [line for line in lines if "privacy card" in line]
