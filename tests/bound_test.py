@@ -237,6 +237,7 @@ def test_variant_auto_times_once_and_remembers(noisy_export, tmp_path, monkeypat
         edge_client.choose_variant(client_dir, "float16", str(tmp_path))
 
 
+@pytest.mark.slow
 def test_the_device_noise_warms_up_and_ramps_with_the_training_steps(tmp_path):
     from nopeek_tf import config as config_lib
     from nopeek_tf import model_dir as model_dir_lib
@@ -257,6 +258,7 @@ def test_the_device_noise_warms_up_and_ramps_with_the_training_steps(tmp_path):
     assert split.device_noise.stddev == 0.4 and split.bounded
 
 
+@pytest.mark.slow
 def test_the_command_line_client_picks_its_variant_and_adds_the_noise_without_tensorflow(noisy_export, tmp_path):
     from nopeek_tf.training import data
     from tests.edge_test import _run_edge_cli
