@@ -56,14 +56,7 @@ def time_variant(path: str, num_threads: int = 1, runs: int = TIMING_RUNS) -> fl
     """Median milliseconds of one image through the client ``.tflite`` at ``path`` on this device."""
     model = LiteRTModel(path, num_threads=num_threads)
     inputs = np.zeros([1, *model.input_detail["shape"][1:]], model.input_dtype)
-    for _ in range(3):
-        model(inputs)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model(inputs)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    return 1000.0 * runtime.median_seconds(lambda: model(inputs), runs)
 
 
 def choose_variant(client_dir: str, variant: str = "auto", state_dir: str | None = None, num_threads: int = 1,

@@ -520,7 +520,7 @@ def bottleneck_layer(channels: int, rank: int, name: str = BOTTLENECK_NAME, boun
     The normalisation keeps the tanh out of saturation when training starts (a saturated tanh passes
     almost no gradient), and its learnt scale lets the client push its values to +-1 as the noise asks.
     """
-    linear = keras.layers.Conv2D(channels, 1, name=name) if rank == 4 else keras.layers.Dense(channels, name=name)
+    linear = pointwise_layer(channels, rank, name)
     if not bounded:
         return linear
     norm = keras.layers.BatchNormalization(name=f"{name}_norm")
@@ -530,7 +530,11 @@ def bottleneck_layer(channels: int, rank: int, name: str = BOTTLENECK_NAME, boun
 
 def expand_layer(channels: int, rank: int, activation: str | None = None) -> keras.layers.Layer:
     """The server's first layer after a bottleneck: back to the cut's ``channels`` (1x1 convolution or dense)."""
-    name = f"{BOTTLENECK_NAME}_expand"
+    return pointwise_layer(channels, rank, f"{BOTTLENECK_NAME}_expand", activation)
+
+
+def pointwise_layer(channels: int, rank: int, name: str, activation: str | None = None) -> keras.layers.Layer:
+    """A layer to ``channels`` at each position: a 1x1 convolution for image-shaped activations (rank 4), else dense."""
     if rank == 4:
         return keras.layers.Conv2D(channels, 1, activation=activation, name=name)
     return keras.layers.Dense(channels, activation=activation, name=name)

@@ -14,6 +14,7 @@ and :func:`attack_model_dir`. Writes, beside the model (for an exported client
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import keras
@@ -85,8 +86,6 @@ def tflite_client(path: str):
     from nopeek_tf.device import manifest as manifest_lib
     from nopeek_tf.device.litert import ClientRunner
     from nopeek_tf.device.noise import DeviceNoiseSource
-
-    import os
 
     manifest = manifest_lib.Manifest.load(os.path.dirname(os.path.abspath(path)))
     runner = ClientRunner.from_file(path, manifest)
