@@ -12,6 +12,10 @@ from nopeek_tf import files
 from nopeek_tf.config import ConfigError, TrainConfig, changed_settings
 
 MODEL_FILE = "model.keras"
+# Split training (python -m train.split_client / split_server): each side keeps only its own half.
+CLIENT_MODEL_FILE = "client.keras"  # image -> what the device sends (the client half and its noise)
+SERVER_MODEL_FILE = "server.keras"  # activations -> logits
+MODEL_FILES = (MODEL_FILE, CLIENT_MODEL_FILE, SERVER_MODEL_FILE)
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -32,7 +36,8 @@ def read_metrics(model_dir: str) -> dict:
     """
     if not os.path.isdir(model_dir):
         raise ModelDirError(f"--model_dir {model_dir} does not exist")
-    if not all(os.path.exists(os.path.join(model_dir, name)) for name in (MODEL_FILE, METRICS_FILE)):
+    if not os.path.exists(os.path.join(model_dir, METRICS_FILE)) or not any(
+            os.path.exists(os.path.join(model_dir, name)) for name in MODEL_FILES):
         raise ModelDirError(f"--model_dir {model_dir} holds no trained model ({MODEL_FILE} and {METRICS_FILE}); "
                             f"train first: python -m train.train --model_dir={model_dir}")
     with open(os.path.join(model_dir, METRICS_FILE)) as f:
@@ -53,7 +58,17 @@ def load(model_dir: str):
 
     from nopeek_tf.core import models
 
-    return models.split_halves(keras.models.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)), metrics
+    side = metrics.get("split_side")
+    loaded = keras.models.load_model(os.path.join(model_dir, model_file(metrics)), compile=False)
+    if side == "server":
+        raise ModelDirError(f"--model_dir {model_dir} holds a split server's half only (server.keras); the client "
+                            "half is in a client's model dir")
+    return models.split_halves(loaded, client_only=side == "client"), metrics
+
+
+def model_file(metrics: dict) -> str:
+    """The model file of a model dir: model.keras, or a split training side's client.keras or server.keras."""
+    return {"client": CLIENT_MODEL_FILE, "server": SERVER_MODEL_FILE}.get(metrics.get("split_side"), MODEL_FILE)
 
 
 def leakage_file(model_dir: str, variant: str = "keras", name: str = LEAKAGE_FILE) -> str:
@@ -123,8 +138,8 @@ def finished_metrics(model_dir: str, config: TrainConfig, ignore=()) -> dict | N
     return None if changed_settings(metrics, config, ignore) else metrics
 
 
-def save_model(model_dir: str, model, metrics: dict) -> None:
-    """Writes model.keras and metrics.json atomically (metrics last: it marks a finished run)."""
-    with files.atomic_path(os.path.join(model_dir, MODEL_FILE)) as temporary:
+def save_model(model_dir: str, model, metrics: dict, model_file: str = MODEL_FILE) -> None:
+    """Writes the model (model.keras) and metrics.json atomically (metrics last: it marks a finished run)."""
+    with files.atomic_path(os.path.join(model_dir, model_file)) as temporary:
         model.save(temporary)
     files.write_json(os.path.join(model_dir, METRICS_FILE), metrics, sort_keys=True)

@@ -616,13 +616,22 @@ def flops(model: keras.Model) -> int:
     return int(total)
 
 
-def split_halves(full: keras.Model) -> SplitModel:
-    """Recovers the client and server halves (and the noise layers, if any) of a (possibly loaded) full model."""
+def split_halves(full: keras.Model, client_only: bool = False) -> SplitModel:
+    """Recovers the client and server halves (and the noise layers, if any) of a (possibly loaded) full model.
+
+    ``client_only``: ``full`` is a split client's model (image -> what it sends, no server half: :func:`client_side`).
+    """
     names = {layer.name for layer in full.layers}
     noise = full.get_layer(NOISE_NAME) if NOISE_NAME in names else None
     device_noise = full.get_layer(DEVICE_NOISE_NAME) if DEVICE_NOISE_NAME in names else None
-    return SplitModel(full=full, client=full.get_layer(CLIENT_NAME), server=full.get_layer(SERVER_NAME),
-                      noise=noise, device_noise=device_noise)
+    return SplitModel(full=full, client=full.get_layer(CLIENT_NAME),
+                      server=None if client_only else full.get_layer(SERVER_NAME), noise=noise,
+                      device_noise=device_noise)
+
+
+def client_side(split: SplitModel) -> keras.Model:
+    """The device's part of a full model: image -> what it sends (client half, noise, the NoPeek layer)."""
+    return keras.Model(split.full.input, split.full.get_layer(NOPEEK_NAME).output, name="client_side")
 
 
 def nopeek_alpha(full: keras.Model) -> float:

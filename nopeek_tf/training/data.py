@@ -412,6 +412,41 @@ def load(name: str, data_dir: str | None = None, image_size: Sequence[int] | Non
     return convert(_load_named(name, data_dir), image_size, channels)
 
 
+def describe(name: str, data_dir: str | None = None, image_size: Sequence[int] | None = None,
+             channels: int | None = None, class_names: Sequence[str] | None = None) -> DatasetInfo:
+    """What a model needs of a dataset (shape, classes) without reading a single image.
+
+    The split server builds its half from this: it holds no images. Known for the offline datasets and,
+    from their metadata, for TFDS names; ``folder`` needs ``image_size``, ``channels`` and ``class_names``.
+
+    Raises:
+      DatasetError: the shape or classes cannot be known without the images.
+    """
+    if name == "folder":
+        if not (image_size and channels and class_names):
+            raise DatasetError("folder: a side without the images needs --image_size, --channels and --class_names")
+        shape, names = (int(image_size[0]), int(image_size[1]), 1), tuple(class_names)
+    elif name == "orl_faces":
+        shape, names = (112, 92, 1), tuple(f"s{i}" for i in range(1, 41))
+    elif name in ("fashion_mnist", "mnist"):
+        shape = (28, 28, 1)
+        names = tuple(FASHION_MNIST_CLASSES) if name == "fashion_mnist" else tuple(str(i) for i in range(10))
+    else:
+        try:
+            import tensorflow_datasets as tfds
+
+            info = tfds.builder(name, data_dir=data_dir).info
+            shape, names = tuple(info.features["image"].shape), tuple(info.features["label"].names)
+        except Exception as error:  # noqa: BLE001 - TFDS raises many kinds; the message says which
+            raise DatasetError(f"{name}: cannot read its metadata ({error})") from None
+    if image_size:
+        shape = (int(image_size[0]), int(image_size[1]), shape[2])
+    if channels:
+        shape = (*shape[:2], int(channels))
+    return DatasetInfo(name=name, image_shape=shape, num_classes=len(names), class_names=names, num_train=None,
+                       num_test=None, source="described")
+
+
 def load_as_trained(metrics: dict) -> RawSplits:
     """The dataset of a model dir's ``metrics.json`` (or config), at the model's input size and channels."""
     shape = metrics.get("input_shape")

@@ -23,6 +23,7 @@ temporary folder; all restore from the model dir.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -258,13 +259,7 @@ class Trainer:
 
     def batch_norm_layers(self) -> list:
         """The model's BatchNormalization layers (nested models included)."""
-        found, stack = [], [self.model]
-        while stack:
-            layer = stack.pop()
-            if isinstance(layer, keras.layers.BatchNormalization):
-                found.append(layer)
-            stack.extend(getattr(layer, "layers", []))
-        return found
+        return batch_norm_layers(self.model)
 
     def refresh_batch_norm(self, distributed_dataset, batches: int = BATCH_NORM_REFRESH_BATCHES) -> None:
         """Re-estimates the batch-normalisation moving statistics under the current weights.
@@ -278,10 +273,7 @@ class Trainer:
         layers = self.batch_norm_layers()
         if not layers:
             return
-        saved = [layer.momentum for layer in layers]
-        for layer in layers:
-            layer.momentum = BATCH_NORM_REFRESH_MOMENTUM
-        try:
+        with refresh_momentum(layers):
             if self._refresh_step is None:
                 def forward(images, labels):
                     images = tf.identity(images)
@@ -295,9 +287,6 @@ class Trainer:
                     self._refresh_step(iterator)
                 except (StopIteration, tf.errors.OutOfRangeError):
                     break
-        finally:
-            for layer, momentum in zip(layers, saved):
-                layer.momentum = momentum
 
     # --- Epochs -------------------------------------------------------------------------------
 
@@ -315,26 +304,53 @@ class Trainer:
         return logs.as_dict()
 
 
+def batch_norm_layers(model: keras.Model) -> list:
+    """The BatchNormalization layers of ``model`` (nested models included)."""
+    found, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+    return found
+
+
+@contextlib.contextmanager
+def refresh_momentum(layers: list):
+    """Sets the batch-normalisation ``layers``' momentum to the refresh's (Precise BN), then restores it."""
+    saved = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = BATCH_NORM_REFRESH_MOMENTUM
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+
+
 class Checkpoints:
     """The model's and optimizer's state after every epoch, saved by every worker, kept by the chief.
 
     Args:
       directory: the model dir's checkpoint folder (shared, or the chief's).
-      trainer: what to save.
+      trainer: what to save (its model, optimizer and decoder), unless ``parts`` says.
       writer: True on the chief; the other workers save into a temporary folder
         (saving runs collectives that every worker must join) and delete it.
+      parts: what to save instead of a trainer's (``model`` and any other trackables by name).
     """
 
-    def __init__(self, directory: str, trainer: Trainer, writer: bool):
+    def __init__(self, directory: str, trainer: Trainer | None = None, writer: bool = True,
+                 parts: dict | None = None):
         self.directory = directory
         self.writer = writer
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        if parts is None:  # a trainer's model, optimizer and (attacker-aware training) decoder
+            parts = dict(model=trainer.model, optimizer=trainer.optimizer)
+            if trainer.decoder is not None:
+                parts.update(adversary=trainer.decoder, adversary_optimizer=trainer.decoder_optimizer)
         # The model's non-trainable variables are listed too: the random-seed states of its dropout layers
         # are not reached through the model object, and a resumed run must draw the same dropout masks.
-        parts = dict(model=trainer.model, optimizer=trainer.optimizer, epoch=self.epoch,
-                     states=list(trainer.model.non_trainable_variables))
-        if trainer.decoder is not None:  # attacker-aware training resumes with its decoder's state
-            parts.update(adversary=trainer.decoder, adversary_optimizer=trainer.decoder_optimizer)
+        parts = dict(parts, epoch=self.epoch, states=list(parts["model"].non_trainable_variables))
         self.checkpoint = tf.train.Checkpoint(**parts)
 
     def restore(self) -> int:
