@@ -80,6 +80,10 @@ class ExportConfig(config_lib.Settings):
     parity_images: int = config_lib.setting(1000, "Held-out test images for the parity check.", minimum=1)
     representative_images: int = config_lib.setting(200, "Training images that calibrate the int8 client.",
                                                     minimum=1)
+    client_manifest: str | None = config_lib.setting(None, "For a split server's model dir (python -m "
+                                                     "train.split_server): the manifest.json of the client's "
+                                                     "export, which names the model, version and int8 wire the "
+                                                     "server half must pair with.")
 
     def validate(self) -> None:
         if not self.variants:
@@ -405,7 +409,14 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         config.validate()
     except config_lib.ConfigError as error:
         raise ExportError(str(error)) from None
+    side = model_dir_lib.read_metrics(config.model_dir).get("split_side")
+    if side == "server":
+        return export_split_server(config, log)
+    if config.client_manifest:
+        raise ExportError("--client_manifest is for a split server's model dir (python -m train.split_server)")
     split, metrics = _load_trained(config.model_dir)
+    if side == "client":
+        return export_split_client(config, split, metrics, log)
     export_dir = config.export_dir or os.path.join(config.model_dir, "export")
     model_name = config.model_name or f"nopeek_{metrics['dataset']}"
 
@@ -455,6 +466,110 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"exported {', '.join(config.variants)} clients to {client_dir} and server version {version} "
         f"to {os.path.join(export_dir, SERVING_DIR, model_name)}/{version}")
+    return manifest
+
+
+def _check_plain_layout(metrics: dict, model_dir: str) -> None:
+    if metrics.get("layout", "plain") != "plain":
+        raise ExportError(f"--model_dir {model_dir} was trained in the U-shaped layout (the client keeps the last "
+                          "layer); the edge client and TF Serving serve the plain layout: train with --layout=plain")
+
+
+def export_split_client(config: ExportConfig, split, metrics: dict, log=print) -> manifest_lib.Manifest:
+    """Exports a split client's half (python -m train.split_client): the .tflite variants and the manifest.
+
+    The server half is on the split server: its export (this function's twin, :func:`export_split_server`,
+    given this manifest) writes the SavedModel the manifest names. Parity here compares each .tflite's
+    activations with the Keras client's on held-out images.
+    """
+    _check_plain_layout(metrics, config.model_dir)
+    export_dir = config.export_dir or os.path.join(config.model_dir, "export")
+    model_name = config.model_name or f"nopeek_{metrics['dataset']}"
+    staging = _prepare_export_dir(export_dir)
+    try:
+        images = load_export_images(config, metrics)
+        test_images = images.test_pixels.astype("float32") * images.preprocessing.scale
+        keras_activations = split.client.predict(test_images, batch_size=100, verbose=0)
+        noise = manifest_noise(split)
+        os.makedirs(os.path.join(staging, CLIENT_DIR))
+        clients, runners = build_clients(split.client, config.variants, images, os.path.join(staging, CLIENT_DIR),
+                                         log, noise)
+        for variant, client in clients.items():
+            difference = np.abs(runners[variant].float_activations(images.test_pixels) - keras_activations)
+            client.parity = {"images": int(len(test_images)), "max_abs_activation_diff": float(np.max(difference)),
+                             "mean_abs_activation_diff": float(np.mean(difference))}
+            log(f"parity {variant:8s}: max |activation diff| {client.parity['max_abs_activation_diff']:.2e} against "
+                f"the Keras client on {len(test_images)} test images (the server half is the split server's)")
+        version = next_version(os.path.join(export_dir, SERVING_DIR, model_name))
+        manifest = manifest_lib.Manifest(
+            model_name=model_name, server_version=version, dataset=metrics["dataset"],
+            class_names=list(metrics["class_names"]), arch=metrics.get("network", metrics["arch"]), cut=metrics["cut"],
+            alpha=float(metrics["alpha"]), preprocessing=images.preprocessing,
+            activation_shape=list(metrics["activation_shape"]), clients=clients,
+            source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
+            privacy=privacy_card(config.model_dir, export_bound(split, metrics, clients)), noise=noise)
+        for line in privacy_verdict(manifest.privacy, config.model_dir):
+            log(line)
+        manifest.save(os.path.join(staging, CLIENT_DIR))
+        client_dir = os.path.join(export_dir, CLIENT_DIR)
+        if os.path.exists(client_dir):
+            os.rename(client_dir, os.path.join(staging, "previous_client"))
+        os.rename(os.path.join(staging, CLIENT_DIR), client_dir)
+    except OSError as error:
+        raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"exported {', '.join(config.variants)} clients to {client_dir} for server version {version} of "
+        f"{model_name}: on the split server, python -m export.export --model_dir=SERVER_DIR "
+        f"--client_manifest={os.path.join(client_dir, manifest_lib.MANIFEST_FILE)}")
+    return manifest
+
+
+def export_split_server(config: ExportConfig, log=print) -> manifest_lib.Manifest:
+    """Exports a split server's half as the SavedModel (and models.config) that the client's manifest names.
+
+    Returns:
+      The client's manifest (unchanged: the device ships it).
+    """
+    if not config.client_manifest:
+        raise ExportError(f"--model_dir {config.model_dir} holds a split server's half: give --client_manifest (the "
+                          "manifest.json of python -m export.export on a client's model dir), which names the model, "
+                          "version and int8 wire this half pairs with")
+    try:
+        manifest = manifest_lib.Manifest.load(config.client_manifest)
+    except (OSError, ValueError) as error:
+        raise ExportError(f"--client_manifest: {error}") from None
+    metrics = model_dir_lib.read_metrics(config.model_dir)
+    _check_plain_layout(metrics, config.model_dir)
+    if list(manifest.activation_shape) != list(metrics["activation_shape"]):
+        raise ExportError(f"--client_manifest sends activations {manifest.activation_shape}; this server half takes "
+                          f"{metrics['activation_shape']}")
+    import keras
+
+    server = keras.models.load_model(os.path.join(config.model_dir, model_dir_lib.SERVER_MODEL_FILE), compile=False)
+    export_dir = config.export_dir or os.path.join(config.model_dir, "export")
+    staging = _prepare_export_dir(export_dir)
+    try:
+        int8 = manifest.clients.get("int8")
+        int8_quantization = (int8.wire_quantization or int8.output.quantization) if int8 is not None else None
+        log("writing the server SavedModel")
+        build_server_savedmodel(server, os.path.join(staging, "server"), int8_quantization)
+        model_base_path = os.path.join(export_dir, SERVING_DIR, manifest.model_name)
+        target = os.path.join(model_base_path, str(manifest.server_version))
+        if os.path.exists(target):
+            raise ExportError(f"{target} exists: serve it, or export the client again for a new version")
+        os.makedirs(model_base_path, exist_ok=True)
+        os.rename(os.path.join(staging, "server"), target)
+        serving_dir = os.path.join(export_dir, SERVING_DIR)
+        files.write_text(os.path.join(serving_dir, MODELS_CONFIG),
+                         models_config_text(manifest.model_name, f"/models/{manifest.model_name}"))
+        files.write_text(os.path.join(serving_dir, BATCHING_PARAMETERS), BATCHING_PARAMETERS_TEXT)
+    except OSError as error:
+        raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"exported server version {manifest.server_version} of {manifest.model_name} to {target} (with "
+        f"{'the float and int8 signatures' if int8_quantization else 'the float signature'})")
     return manifest
 
 

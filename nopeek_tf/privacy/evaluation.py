@@ -102,6 +102,14 @@ def predicted_classes(split, activations: np.ndarray) -> np.ndarray:
                            .argmax(axis=1) for start in range(0, len(activations), 256)])
 
 
+def attacker_classes(split, activations: np.ndarray, attack_data: "AttackData") -> np.ndarray:
+    """The classes a label-aware attacker knows: the server's answers, or, for a split client's model dir (no
+    server half here), the true labels, which the split server receives in the plain layout."""
+    if split.server is None:
+        return attack_data.test_labels
+    return predicted_classes(split, activations)
+
+
 def write_report(model_dir: str, result: dict, report: attacks.LeakageReport, test_images: np.ndarray) -> None:
     """Writes leakage.json, leakage.csv, reconstructions.png and reconstructions.npz (named by the client variant)."""
     variant = result["client"]
@@ -147,7 +155,7 @@ def attack_model_dir(model_dir: str, attack_data: AttackData, recognizer: keras.
     report = attacks.run_attacks(attacks.AttackInput(
         client=client, client_model=split.client, train_images=attack_data.train_images,
         test_images=attack_data.test_images, test_labels=attack_data.test_labels, recognizer=recognizer,
-        train_labels=attack_data.train_labels, test_predicted=predicted_classes(split, test_activations)),
+        train_labels=attack_data.train_labels, test_predicted=attacker_classes(split, test_activations, attack_data)),
         budget, seed=seed, progress=progress)
     test_dcor, dcor_batch_size = mean_batch_dcor(attack_data.test_images, test_activations,
                                                  metrics["dcor_batch_size"])

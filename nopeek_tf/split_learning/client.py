@@ -35,6 +35,7 @@ from . import protocol
 from . import split_training_pb2 as pb
 from .server import check_split_config, server_part
 
+STEP_METHODS = ("Step", "Forward", "Backward")
 STEP_TIMEOUT_SECONDS = 120.0
 TURN_WAIT_SECONDS = 10.0
 RETRY_SECONDS = 2.0
@@ -57,10 +58,13 @@ class Traffic:
     sent: int = 0
     received: int = 0
     steps: int = 0
+    step_bytes: int = 0  # of the training steps' messages alone (activations, labels, gradients)
 
-    def add(self, request, response) -> None:
+    def add(self, method: str, request, response) -> None:
         self.sent += request.ByteSize()
         self.received += response.ByteSize()
+        if method in STEP_METHODS:
+            self.step_bytes += request.ByteSize() + response.ByteSize()
 
 
 class SplitClient:
@@ -151,7 +155,7 @@ class SplitClient:
             if code in FATAL_CODES:
                 raise SplitClientError(f"the server refused {method}: {error.details()}") from None
             raise ConnectionLost(f"{method}: {code.name if code else 'UNKNOWN'}: {error.details()}") from None
-        self.traffic.add(request, response)
+        self.traffic.add(method, request, response)
         return response
 
     def join(self) -> pb.JoinResponse:
@@ -283,6 +287,7 @@ class SplitClient:
         seconds = time.time() - started
         record = {"epoch": epoch + 1, "seconds": round(seconds, 3), "steps": self.traffic.steps - before.steps,
                   "bytes_sent": self.traffic.sent - before.sent, "bytes_received": self.traffic.received - before.received,
+                  "step_bytes": self.traffic.step_bytes - before.step_bytes,
                   **{f"train_{key}": value for key, value in means.items()}}
         self.history.append(record)
         self.checkpoints.save(epoch + 1)
@@ -334,7 +339,7 @@ class SplitClient:
         epochs = [record for record in self.history if record["steps"]]
         per_epoch = (sum(r["bytes_sent"] + r["bytes_received"] for r in epochs) / len(epochs)) if epochs else None
         steps = sum(r["steps"] for r in epochs)
-        step_bytes = sum(r["bytes_sent"] + r["bytes_received"] for r in epochs)
+        step_bytes = sum(r["step_bytes"] for r in epochs)
         parameters = sum(int(np.prod(w.shape)) for w in self.split.client.weights + self.split.server.weights)
         return {"bytes_per_epoch": per_epoch, "bytes_per_step": step_bytes / steps if steps else None,
                 "client_half_bytes": 4 * sum(int(np.prod(w.shape)) for w in self.shared_weights),

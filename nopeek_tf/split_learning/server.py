@@ -523,7 +523,7 @@ class _Servicer:
 
 def serve(config: TrainConfig, split_settings: protocol.SplitSettings, server_settings: protocol.ServerSettings,
           model_dir: str, credentials=None, log: Callable[[str], None] = print, class_names=None,
-          ready: Callable[[int], None] | None = None) -> dict:
+          ready: Callable[[int], None] | None = None, interceptors=()) -> dict:
     """Runs the split server until every epoch is trained and the clients are done; writes ``model_dir``.
 
     Args:
@@ -535,6 +535,7 @@ def serve(config: TrainConfig, split_settings: protocol.SplitSettings, server_se
       log: gets one line per event.
       class_names: for a folder dataset, which the server cannot read.
       ready: called with the bound port once the server listens.
+      interceptors: grpc.ServerInterceptors (a test's recorder of every message).
 
     Returns:
       The server's metrics.json.
@@ -544,7 +545,7 @@ def serve(config: TrainConfig, split_settings: protocol.SplitSettings, server_se
     state = SplitServer(config, info, split_settings, server_settings.num_clients, server_settings.schedule,
                         server_settings.client_timeout_seconds, model_dir, log)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * server_settings.num_clients + 4),
-                         options=protocol.CHANNEL_OPTIONS)
+                         options=protocol.CHANNEL_OPTIONS, interceptors=tuple(interceptors))
     server.add_generic_rpc_handlers((protocol.generic_handler(_Servicer(state)),))
     address = f"[::]:{server_settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
