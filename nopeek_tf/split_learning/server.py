@@ -305,6 +305,8 @@ class SplitServer:
                     response = pb.TurnResponse(go=True, epoch=self.epoch)
                     if self.client_weights is not None:
                         response.client_weights.extend(protocol.encode_weights(self.client_weights))
+                    if not self.record.clients:  # the epoch's clock starts with its first turn
+                        self.record.started = time.time()
                     self.record.clients.append(request.client_id)
                     return response
                 remaining = deadline - time.time()
