@@ -373,23 +373,54 @@ def build_clients(client_model, variants, images: ExportImages, folder: str, log
     return clients, runners
 
 
+def write_manifest(model_dir: str, split, metrics: dict, images: ExportImages,
+                   clients: dict[str, manifest_lib.ClientModel], noise: manifest_lib.Noise | None, model_name: str,
+                   version: int, folder: str, log=print) -> manifest_lib.Manifest:
+    """Writes the manifest of the exported ``clients`` to ``folder`` and logs the privacy verdict."""
+    manifest = manifest_lib.Manifest(
+        model_name=model_name, server_version=version, dataset=metrics["dataset"],
+        class_names=list(metrics["class_names"]), arch=metrics.get("network", metrics["arch"]), cut=metrics["cut"],
+        alpha=float(metrics["alpha"]), preprocessing=images.preprocessing,
+        activation_shape=list(metrics["activation_shape"]), clients=clients,
+        source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
+        privacy=privacy_card(model_dir, export_bound(split, metrics, clients)), noise=noise)
+    for line in privacy_verdict(manifest.privacy, model_dir):
+        log(line)
+    manifest.save(folder)
+    return manifest
+
+
+def install_client(staging: str, export_dir: str) -> str:
+    """Moves the staged client folder into place (the previous one into the staging folder); returns its path."""
+    client_dir = os.path.join(export_dir, CLIENT_DIR)
+    if os.path.exists(client_dir):
+        os.rename(client_dir, os.path.join(staging, "previous_client"))
+    os.rename(os.path.join(staging, CLIENT_DIR), client_dir)
+    return client_dir
+
+
 def install(staging: str, export_dir: str, model_name: str, version: int) -> str:
     """Moves the staged server version, then the client folder that pairs with it, into place.
 
     Returns:
       The client folder.
     """
+    install_server(staging, export_dir, model_name, version)
+    return install_client(staging, export_dir)
+
+
+def install_server(staging: str, export_dir: str, model_name: str, version: int) -> str:
+    """Moves the staged server SavedModel into place as ``version`` and writes models.config; returns its path."""
     model_base_path = os.path.join(export_dir, SERVING_DIR, model_name)
+    target = os.path.join(model_base_path, str(version))
+    if os.path.exists(target):
+        raise ExportError(f"{target} exists: serve it, or export the client again for a new version")
     os.makedirs(model_base_path, exist_ok=True)
-    os.rename(os.path.join(staging, "server"), os.path.join(model_base_path, str(version)))
-    client_dir = os.path.join(export_dir, CLIENT_DIR)
-    if os.path.exists(client_dir):
-        os.rename(client_dir, os.path.join(staging, "previous_client"))
-    os.rename(os.path.join(staging, CLIENT_DIR), client_dir)
+    os.rename(os.path.join(staging, "server"), target)
     serving_dir = os.path.join(export_dir, SERVING_DIR)
     files.write_text(os.path.join(serving_dir, MODELS_CONFIG), models_config_text(model_name, f"/models/{model_name}"))
     files.write_text(os.path.join(serving_dir, BATCHING_PARAMETERS), BATCHING_PARAMETERS_TEXT)
-    return client_dir
+    return target
 
 
 def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
@@ -449,16 +480,8 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
                 f"on {p['images']} test images without noise{noisy}")
 
         version = next_version(os.path.join(export_dir, SERVING_DIR, model_name))
-        manifest = manifest_lib.Manifest(
-            model_name=model_name, server_version=version, dataset=metrics["dataset"],
-            class_names=list(metrics["class_names"]), arch=metrics.get("network", metrics["arch"]), cut=metrics["cut"],
-            alpha=float(metrics["alpha"]), preprocessing=images.preprocessing,
-            activation_shape=list(metrics["activation_shape"]), clients=clients,
-            source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
-            privacy=privacy_card(config.model_dir, export_bound(split, metrics, clients)), noise=noise)
-        for line in privacy_verdict(manifest.privacy, config.model_dir):
-            log(line)
-        manifest.save(os.path.join(staging, CLIENT_DIR))
+        manifest = write_manifest(config.model_dir, split, metrics, images, clients, noise, model_name, version,
+                                  os.path.join(staging, CLIENT_DIR), log)
         client_dir = install(staging, export_dir, model_name, version)
     except OSError as error:
         raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
@@ -501,20 +524,9 @@ def export_split_client(config: ExportConfig, split, metrics: dict, log=print) -
             log(f"parity {variant:8s}: max |activation diff| {client.parity['max_abs_activation_diff']:.2e} against "
                 f"the Keras client on {len(test_images)} test images (the server half is the split server's)")
         version = next_version(os.path.join(export_dir, SERVING_DIR, model_name))
-        manifest = manifest_lib.Manifest(
-            model_name=model_name, server_version=version, dataset=metrics["dataset"],
-            class_names=list(metrics["class_names"]), arch=metrics.get("network", metrics["arch"]), cut=metrics["cut"],
-            alpha=float(metrics["alpha"]), preprocessing=images.preprocessing,
-            activation_shape=list(metrics["activation_shape"]), clients=clients,
-            source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
-            privacy=privacy_card(config.model_dir, export_bound(split, metrics, clients)), noise=noise)
-        for line in privacy_verdict(manifest.privacy, config.model_dir):
-            log(line)
-        manifest.save(os.path.join(staging, CLIENT_DIR))
-        client_dir = os.path.join(export_dir, CLIENT_DIR)
-        if os.path.exists(client_dir):
-            os.rename(client_dir, os.path.join(staging, "previous_client"))
-        os.rename(os.path.join(staging, CLIENT_DIR), client_dir)
+        manifest = write_manifest(config.model_dir, split, metrics, images, clients, noise, model_name, version,
+                                  os.path.join(staging, CLIENT_DIR), log)
+        client_dir = install_client(staging, export_dir)
     except OSError as error:
         raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
     finally:
@@ -554,16 +566,7 @@ def export_split_server(config: ExportConfig, log=print) -> manifest_lib.Manifes
         int8_quantization = (int8.wire_quantization or int8.output.quantization) if int8 is not None else None
         log("writing the server SavedModel")
         build_server_savedmodel(server, os.path.join(staging, "server"), int8_quantization)
-        model_base_path = os.path.join(export_dir, SERVING_DIR, manifest.model_name)
-        target = os.path.join(model_base_path, str(manifest.server_version))
-        if os.path.exists(target):
-            raise ExportError(f"{target} exists: serve it, or export the client again for a new version")
-        os.makedirs(model_base_path, exist_ok=True)
-        os.rename(os.path.join(staging, "server"), target)
-        serving_dir = os.path.join(export_dir, SERVING_DIR)
-        files.write_text(os.path.join(serving_dir, MODELS_CONFIG),
-                         models_config_text(manifest.model_name, f"/models/{manifest.model_name}"))
-        files.write_text(os.path.join(serving_dir, BATCHING_PARAMETERS), BATCHING_PARAMETERS_TEXT)
+        target = install_server(staging, export_dir, manifest.model_name, manifest.server_version)
     except OSError as error:
         raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
     finally:

@@ -53,9 +53,11 @@ def test_the_wheel_installs_one_top_level_package_and_the_console_scripts(wheel)
                    "nopeek_tf/serving/proto/batching_parameters_pb2.py", "nopeek_tf/edge/client.py",
                    "nopeek_tf/edge/proto/predict_pb2.py", "nopeek_tf/train/configs/fashion_mnist.py",
                    "nopeek_tf/core/split.py", "nopeek_tf/device/manifest.py", "nopeek_tf/training/data.py",
-                   "nopeek_tf/privacy/attacks.py"):
+                   "nopeek_tf/privacy/attacks.py", "nopeek_tf/train/split_server.py",
+                   "nopeek_tf/split_learning/split_training_pb2.py", "nopeek_tf/split_learning/split_training.proto"):
         assert module in names
-    for script in ("nopeek-train", "nopeek-leakage", "nopeek-export", "nopeek-serve", "nopeek-edge"):
+    for script in ("nopeek-train", "nopeek-leakage", "nopeek-export", "nopeek-serve", "nopeek-edge",
+                   "nopeek-split-server", "nopeek-split-client"):
         assert f"{script} = " in entry_points
 
 
@@ -106,6 +108,11 @@ def test_full_install_trains_outside_the_checkout(wheel, tmp_path):
           "--dcor_batch_size=20", "--defence=plain", "--model_dir=run"], cwd=tmp_path,
          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert os.path.exists(tmp_path / "run" / "metrics.json")
+    # The installed split server reaches the serving package's TLS reader (nopeek_tf.serving, not serving):
+    refused = subprocess.run([f"{bin_dir}/nopeek-split-server", "--dataset=orl_faces", "--ssl_config_file=missing",
+                              "--model_dir=split"], capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
+        "error: --ssl_config_file missing: "), refused.stderr
 
 
 PI_ROOTFS = os.path.join(REPO_ROOT, ".cache", "pi-rootfs")

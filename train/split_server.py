@@ -19,6 +19,7 @@ client). The service: nopeek_tf/split_learning/split_training.proto; docs/split_
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -44,12 +45,19 @@ def define_flags() -> None:
     flags.DEFINE_list("class_names", None, "For --dataset=folder: the class names (the server reads no images).")
 
 
+def serving_server():
+    """serving.server (a top-level folder in the checkout; nopeek_tf.serving installed): its TLS settings reader."""
+    package = (__package__ or "").rpartition(".")[0]
+    return importlib.import_module(f"{package}.serving.server" if package else "serving.server")
+
+
 def main(argv):
     runtime.start_tensorflow_script(argv)
     from nopeek_tf.split_learning import server
     from nopeek_tf.training.data import DatasetError
 
-    from serving.server import ConfigError as ServingConfigError, read_ssl_config
+    serving = serving_server()
+    ServingConfigError, read_ssl_config = serving.ConfigError, serving.read_ssl_config
 
     try:
         config = config_lib.from_flags(config_lib.TrainConfig, verbose=2)
