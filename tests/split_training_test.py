@@ -415,9 +415,16 @@ def test_mutual_tls(tmp_path, certificates):
                              timeout=120)
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines()[-1].startswith("error: cannot reach the split server")
-    Program("train.split_client", [*flags, f"--server=localhost:{port}", f"--ca_file={folder / 'ca.pem'}",
-                                   f"--client_cert={folder / 'client.pem'}", f"--client_key={folder / 'client.key'}",
-                                   f"--model_dir={tmp_path / 'client'}"], tmp_path / "client.log").finish()
+    tls = [f"--ca_file={folder / 'ca.pem'}", f"--client_cert={folder / 'client.pem'}",
+           f"--client_key={folder / 'client.key'}"]
+    other_cut = subprocess.run([sys.executable, "-m", "train.split_client", *flags, "--cut=conv3", *tls,
+                                f"--server=localhost:{port}", f"--model_dir={tmp_path / 'other_cut'}"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=120)
+    assert other_cut.returncode == 1 and other_cut.stderr.strip().splitlines()[-1] == (
+        "error: the server refused Join: FAILED_PRECONDITION: client 0 and the server disagree: --cut: client "
+        "'conv3', server 'conv2'")
+    Program("train.split_client", [*flags, f"--server=localhost:{port}", *tls, f"--model_dir={tmp_path / 'client'}"],
+            tmp_path / "client.log").finish()
     server.finish()
     assert _metrics(tmp_path / "client")["test_accuracy"] >= 0
 

@@ -36,6 +36,7 @@ from . import split_training_pb2 as pb
 from .server import check_split_config, server_part
 
 STEP_METHODS = ("Step", "Forward", "Backward")
+UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 STEP_TIMEOUT_SECONDS = 120.0
 TURN_WAIT_SECONDS = 10.0
 RETRY_SECONDS = 2.0
@@ -49,6 +50,10 @@ class SplitClientError(RuntimeError):
 
 class ConnectionLost(Exception):
     """The server failed a call mid-epoch (restarted, or moved on without this client): rejoin."""
+
+    def __init__(self, message: str, code=None):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclasses.dataclass
@@ -154,7 +159,7 @@ class SplitClient:
             code = error.code()
             if code in FATAL_CODES:
                 raise SplitClientError(f"the server refused {method}: {error.details()}") from None
-            raise ConnectionLost(f"{method}: {code.name if code else 'UNKNOWN'}: {error.details()}") from None
+            raise ConnectionLost(f"{method}: {code.name if code else 'UNKNOWN'}: {error.details()}", code) from None
         self.traffic.add(method, request, response)
         return response
 
@@ -169,6 +174,8 @@ class SplitClient:
                          f"{response.num_clients} clients, {response.epochs_finished} epochs done)")
                 return response
             except ConnectionLost as error:
+                if error.code not in UNREACHABLE_CODES:  # the server answered: it refuses this client
+                    raise SplitClientError(f"the server refused {error}") from None
                 if attempt == self.settings.connect_retries:
                     raise SplitClientError(f"cannot reach the split server at {self.settings.server} ({error}); gave "
                                            f"up after {attempt + 1} attempts") from None
