@@ -347,13 +347,16 @@ def test_bad_messages_are_refused_and_nothing_is_applied(tmp_path):
 
 
 @pytest.mark.slow
-def test_client_killed_mid_epoch_is_passed_over_and_rejoins(tmp_path):
-    """Sequential, two clients: client 0 killed in its second turn; after the timeout client 1 goes on; client 0,
-    restarted, resumes from its checkpoint and takes its next turn; both finish."""
+@pytest.mark.parametrize("schedule,passed_over", [("sequential", "its turn passes"),
+                                                  ("splitfed", "the epoch ends without it")])
+def test_client_killed_mid_epoch_is_passed_over_and_rejoins(tmp_path, schedule, passed_over):
+    """Two clients: client 0 killed in its second epoch; after the timeout the server goes on with client 1
+    (its turn, or its half alone in the average); client 0, restarted, resumes from its checkpoint and trains
+    again in a later epoch; both finish."""
     port = _port()
     flags = [*ORL[:3], "--batch_size=2", "--epochs=4"]
-    server = Program("train.split_server", [*flags, f"--port={port}", "--num_clients=2",
-                                            "--client_timeout_seconds=4", f"--model_dir={tmp_path / 'server'}"],
+    server = Program("train.split_server", [*flags, f"--port={port}", "--num_clients=2", f"--schedule={schedule}",
+                                            "--client_timeout_seconds=8", f"--model_dir={tmp_path / 'server'}"],
                      tmp_path / "server.log")
     clients = [Program("train.split_client", [*flags, f"--server=localhost:{port}", f"--shard={i}", "--num_shards=2",
                                               f"--model_dir={tmp_path / f'client{i}'}"], tmp_path / f"client{i}.log")
@@ -361,7 +364,7 @@ def test_client_killed_mid_epoch_is_passed_over_and_rejoins(tmp_path):
     server.wait_for("epoch 1/4 finished")
     time.sleep(0.5)  # into client 0's second turn (70 steps of 2 images)
     clients[0].kill()
-    server.wait_for("client 0 silent for 4 s; its turn passes")
+    server.wait_for(f"client 0 silent for 8 s; {passed_over}")
     clients[0].start()
     for program in [*clients, server]:
         program.finish()
