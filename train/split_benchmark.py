@@ -6,7 +6,8 @@ Runs the real programs (python -m train.train, train.split_server, train.split_c
 central training; one client (the protocol's overhead); 2 and 4 clients (shards of the training split) in
 each schedule; the float16 and int8 wires. --extra_flags adds training flags to every run (e.g.
 --extra_flags=--defence=plain,--cut=conv2 for an undefended client that sends 6,272 values). Writes
-<out>/results.csv and <out>/results.md (the table docs/split_training.md shows), adding to earlier rows.
+<out>/results.csv and <out>/results.md (the table docs/split_training.md shows), adding to earlier rows;
+--rescan rebuilds them from the runs in --work_dir without training.
 FedAvg's bytes are computed: each round a client downloads and uploads the whole model in float32.
 """
 
@@ -26,7 +27,8 @@ from nopeek_tf import runtime
 
 FLAGS = flags.FLAGS
 COLUMNS = ["setting", "flags", "clients", "schedule", "wire", "test_accuracy", "epoch_seconds", "vs_central",
-           "bytes_per_epoch_per_client", "fedavg_bytes_per_round", "wall_seconds"]
+           "step_bytes_per_epoch_per_client", "handover_bytes_per_epoch_per_client", "bytes_per_epoch_per_client",
+           "fedavg_bytes_per_round", "wall_seconds"]
 RUNS = [  # (clients, schedule, wire)
     (1, "sequential", "float32"), (2, "sequential", "float32"), (2, "splitfed", "float32"),
     (4, "sequential", "float32"), (4, "splitfed", "float32"), (1, "sequential", "float16"),
@@ -41,6 +43,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "docs/split_training", "Output folder.")
     flags.DEFINE_string("work_dir", "runs/split_benchmark", "Where the runs' model dirs go.")
     flags.DEFINE_list("only", [], "Run only these settings (central, or CLIENTS-SCHEDULE-WIRE, e.g. 2-splitfed-float32).")
+    flags.DEFINE_bool("rescan", False, "Train nothing: rebuild the rows of the runs already in --work_dir from their "
+                      "model dirs and logs (wall times from the earlier results.csv).")
 
 
 def _program(module: str, args: list[str], log_path: str) -> subprocess.Popen:
@@ -63,7 +67,11 @@ def central(training: list[str], work: str) -> dict:
     model_dir = os.path.join(work, "central")
     started = time.time()
     _wait(_program("train.train", [*training, f"--model_dir={model_dir}"], model_dir + ".log"), "train.train")
-    wall = time.time() - started
+    return central_row(model_dir, time.time() - started)
+
+
+def central_row(model_dir: str, wall: float | None) -> dict:
+    """The row of a finished central run."""
     with open(model_dir + ".log") as f:
         seconds = [float(value) for value in re.findall(r"^\d+/\d+ - (\d+)s", f.read(), re.MULTILINE)]
     metrics = _metrics(model_dir)
@@ -86,13 +94,21 @@ def split(training: list[str], work: str, clients: int, schedule: str, wire: str
     for index, program in enumerate(programs):
         _wait(program, f"client {index}")
     _wait(server, "the split server")
-    wall = time.time() - started
+    return split_row(folder, clients, schedule, wire, time.time() - started)
+
+
+def split_row(folder: str, clients: int, schedule: str, wire: str, wall: float | None) -> dict:
+    """The row of a finished split run: the clients' means (bytes in the steady state: the first epoch has no
+    client half to download)."""
     client_metrics = [_metrics(f"{folder}/client{i}") for i in range(clients)]
     server_history = _metrics(f"{folder}/server")["epochs_history"]
-    return {"setting": name, "clients": clients, "schedule": schedule, "wire": wire,
+    steps = sum(sum(e["step_bytes"] for e in m["epochs_history"]) / len(m["epochs_history"]) for m in client_metrics)
+    handover = 2 * client_metrics[0]["client_half_bytes"]  # down at the turn, up at its end
+    return {"setting": os.path.basename(folder), "clients": clients, "schedule": schedule, "wire": wire,
             "test_accuracy": sum(m["test_accuracy"] for m in client_metrics) / clients,
             "epoch_seconds": sum(epoch["seconds"] for epoch in server_history) / len(server_history),
-            "bytes_per_epoch_per_client": sum(m["bytes_per_epoch"] for m in client_metrics) / clients,
+            "step_bytes_per_epoch_per_client": steps / clients, "handover_bytes_per_epoch_per_client": handover,
+            "bytes_per_epoch_per_client": steps / clients + handover,
             "fedavg_bytes_per_round": client_metrics[0]["fedavg_bytes_per_round"], "wall_seconds": wall}
 
 
@@ -117,8 +133,16 @@ def main(argv):
     for name, run in settings:
         if FLAGS.only and name not in FLAGS.only and name != "central":
             continue
-        print(f"{name}: running ...", flush=True)
-        row = central(training, work) if run is None else split(training, work, *run, port=free_ports(1)[0])
+        if FLAGS.rescan:
+            folder = os.path.join(work, name)
+            if not os.path.exists(os.path.join(folder, "metrics.json" if run is None else "server/metrics.json")):
+                continue
+            wall = next((float(r["wall_seconds"]) for r in rows if r["setting"] == name and r["flags"] == label
+                         and r.get("wall_seconds")), None)
+            row = central_row(folder, wall) if run is None else split_row(folder, *run, wall)
+        else:
+            print(f"{name}: running ...", flush=True)
+            row = central(training, work) if run is None else split(training, work, *run, port=free_ports(1)[0])
         if run is None:
             reference = row
         row.update(flags=label, vs_central=(row["epoch_seconds"] / reference["epoch_seconds"]) if reference else "")
@@ -127,14 +151,16 @@ def main(argv):
         print(f"{name}: accuracy {row['test_accuracy']:.4f}, {row['epoch_seconds']:.1f} s per epoch"
               + (f" ({row['vs_central']:.2f}x central)" if reference and run else "")
               + (f", {row['bytes_per_epoch_per_client'] / 1e6:.2f} MB per epoch per client" if run else ""), flush=True)
-    lines = ["| flags | setting | test accuracy | s per epoch | vs central | MB per epoch per client | FedAvg MB per "
-             "round |", "|---|---|---|---|---|---|---|"]
+    lines = ["| flags | setting | test accuracy | s per epoch | vs central | MB per epoch per client: steps + "
+             "hand-over = total | FedAvg MB per round |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         def number(key, scale=1.0, digits=2):
             return f"{float(row[key]) / scale:.{digits}f}" if row.get(key) not in (None, "") else ""
         lines.append(f"| {row['flags']} | {row['setting']} | {number('test_accuracy', digits=4)} | "
                      f"{number('epoch_seconds', digits=1)} | {number('vs_central')} | "
-                     f"{number('bytes_per_epoch_per_client', 1e6, 3)} | {number('fedavg_bytes_per_round', 1e6)} |")
+                     f"{number('step_bytes_per_epoch_per_client', 1e6)} + "
+                     f"{number('handover_bytes_per_epoch_per_client', 1e6)} = {number('bytes_per_epoch_per_client', 1e6)}"
+                     f" | {number('fedavg_bytes_per_round', 1e6)} |")
     files.write_text(os.path.join(FLAGS.out, "results.md"), "\n".join(lines) + "\n")
     print(f"wrote {results_path} and results.md", flush=True)
 
