@@ -132,7 +132,7 @@ class SplitClient:
         self.history: list[dict] = []
         self.traffic = Traffic()
         self._error: Exception | None = None
-        self._train_step = tf.function(self._step, reduce_retracing=True)
+        self._train_step = tf.function(self._step)
         self.channel = protocol.open_channel(settings)
         self.stub = protocol.Stub(self.channel)
 
@@ -207,11 +207,19 @@ class SplitClient:
         variables = self.client_model.trainable_variables
         with tf.GradientTape() as tape:
             sent = self.split.send(images, training=True)
+            if self.nopeek.alpha > 0:  # without NoPeek dCor is only measured: no gradient through it
+                dcor, dcor_weight = self.nopeek.batch_dcor(images, sent)
+                penalty = self.nopeek.alpha * self.nopeek.alpha_scale * dcor * dcor_weight
+        if self.nopeek.alpha == 0:
             dcor, dcor_weight = self.nopeek.batch_dcor(images, sent)
-            penalty = self.nopeek.alpha * self.nopeek.alpha_scale * dcor * dcor_weight
+            penalty = tf.zeros([])
         cut_gradient, loss, correct = tf.py_function(self._exchange, [sent, labels], [tf.float32, tf.float32, tf.float32])
         cut_gradient = tf.ensure_shape(cut_gradient, sent.shape)
-        gradients = tape.gradient([sent, penalty], variables, output_gradients=[cut_gradient, tf.ones_like(penalty)])
+        if self.nopeek.alpha > 0:
+            gradients = tape.gradient([sent, penalty], variables,
+                                      output_gradients=[cut_gradient, tf.ones_like(penalty)])
+        else:
+            gradients = tape.gradient(sent, variables, output_gradients=cut_gradient)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return {"loss": loss + penalty, "correct": correct, "count": tf.cast(tf.shape(images)[0], tf.float32),
                 "dcor": dcor, "dcor_weight": dcor_weight}

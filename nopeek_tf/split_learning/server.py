@@ -99,8 +99,8 @@ class ServerHalf:
         self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.input_shape = tuple(model.input_shape[1:])
         self.output_shape = tuple(model.output_shape[1:])
-        self._step = tf.function(self._plain_step, reduce_retracing=True)
-        self._predict = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self._step = tf.function(self._plain_step)
+        self._predict = tf.function(lambda x: self.model(x, training=False))
 
     def _plain_step(self, activations, labels):
         variables = self.model.trainable_variables
