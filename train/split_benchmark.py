@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,7 @@ def _metrics(model_dir: str) -> dict:
 def central(training: list[str], work: str) -> dict:
     """Central train.train: test accuracy and seconds per epoch (its progress lines; they include the test pass)."""
     model_dir = os.path.join(work, "central")
+    shutil.rmtree(model_dir, ignore_errors=True)  # a fresh run (an old one would resume with nothing to do)
     started = time.time()
     _wait(_program("train.train", [*training, f"--model_dir={model_dir}"], model_dir + ".log"), "train.train")
     return central_row(model_dir, time.time() - started)
@@ -83,6 +85,7 @@ def split(training: list[str], work: str, clients: int, schedule: str, wire: str
     """A split server and ``clients`` clients to the end: the clients' mean accuracy, epoch seconds, bytes."""
     name = f"{clients}-{schedule}-{wire}"
     folder = os.path.join(work, name)
+    shutil.rmtree(folder, ignore_errors=True)
     common = [*training, f"--wire={wire}"]
     started = time.time()
     server = _program("train.split_server", [*common, f"--port={port}", f"--num_clients={clients}",
