@@ -126,7 +126,7 @@ def encode(array: np.ndarray, wire: str) -> pb.Tensor:
         tensor.scale = scale
         tensor.data = np.clip(np.rint(array / np.float32(tensor.scale)), -127, 127).astype(np.int8).tobytes()
     else:
-        tensor.data = array.astype(_WIRE_DTYPES[wire]).tobytes()
+        tensor.data = np.ascontiguousarray(array, _WIRE_DTYPES[wire]).tobytes()  # one copy, not two
     return tensor
 
 
@@ -156,11 +156,11 @@ def decode(tensor: pb.Tensor, name: str, wire: str | None = None, trailing_shape
         raise ProtocolError(f"{name}: {len(tensor.data)} bytes do not hold shape {shape} in {kind} ({expected} bytes)")
     if trailing_shape is not None and (len(shape) < 1 or tuple(shape[1:]) != tuple(trailing_shape)):
         raise ProtocolError(f"{name} have shape {shape}; expected [batch, {', '.join(map(str, trailing_shape))}]")
-    values = np.frombuffer(tensor.data, dtype).reshape(shape).astype(np.float32)
+    values = np.frombuffer(tensor.data, dtype).reshape(shape).astype(np.float32, copy=False)  # read-only if float32
     if kind == "int8":
         if not math.isfinite(tensor.scale) or tensor.scale <= 0:
             raise ProtocolError(f"{name}: int8 scale must be a positive number, got {tensor.scale}")
-        values *= np.float32(tensor.scale)
+        values = values * np.float32(tensor.scale)
     if not np.all(np.isfinite(values)):
         raise ProtocolError(f"{name} hold NaN or Inf")
     return values
