@@ -154,16 +154,22 @@ def main(argv):
         print(f"{name}: accuracy {row['test_accuracy']:.4f}, {row['epoch_seconds']:.1f} s per epoch"
               + (f" ({row['vs_central']:.2f}x central)" if reference and run else "")
               + (f", {row['bytes_per_epoch_per_client'] / 1e6:.2f} MB per epoch per client" if run else ""), flush=True)
+    order = [name for name, _ in settings]
+    rows.sort(key=lambda r: (r["flags"] != "(the dataset's default)", r["flags"], order.index(r["setting"])))
+    files.write_csv(results_path, rows, COLUMNS)
     lines = ["| flags | setting | test accuracy | s per epoch | vs central | MB per epoch per client: steps + "
              "hand-over = total | FedAvg MB per round |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         def number(key, scale=1.0, digits=2):
             return f"{float(row[key]) / scale:.{digits}f}" if row.get(key) not in (None, "") else ""
+        traffic = ""
+        if row["setting"] != "central":
+            traffic = (f"{number('step_bytes_per_epoch_per_client', 1e6)} + "
+                       f"{number('handover_bytes_per_epoch_per_client', 1e6)} = "
+                       f"{number('bytes_per_epoch_per_client', 1e6)}")
         lines.append(f"| {row['flags']} | {row['setting']} | {number('test_accuracy', digits=4)} | "
-                     f"{number('epoch_seconds', digits=1)} | {number('vs_central')} | "
-                     f"{number('step_bytes_per_epoch_per_client', 1e6)} + "
-                     f"{number('handover_bytes_per_epoch_per_client', 1e6)} = {number('bytes_per_epoch_per_client', 1e6)}"
-                     f" | {number('fedavg_bytes_per_round', 1e6)} |")
+                     f"{number('epoch_seconds', digits=1)} | {number('vs_central')} | {traffic} | "
+                     f"{number('fedavg_bytes_per_round', 1e6)} |")
     files.write_text(os.path.join(FLAGS.out, "results.md"), "\n".join(lines) + "\n")
     print(f"wrote {results_path} and results.md", flush=True)
 
