@@ -9,6 +9,8 @@ that device-side code can use its TensorFlow-free parts):
 * Training, ``nopeek_tf.training``: ``train_and_evaluate(config, model_dir)``; ``data``
   (offline datasets, your folder, TFDS names, a ``tf.data.Dataset``), ``loop`` (one loop
   for every ``tf.distribute`` strategy), ``distribute``.
+* Split training over gRPC (each client keeps its images), ``nopeek_tf.split_learning``: ``protocol``
+  (no TensorFlow), ``server``, ``client``.
 * Privacy evaluation, ``nopeek_tf.privacy``: ``attacks`` (``run_attacks``), ``evaluation``
   (a model dir's ``leakage.json``), ``sweep``, ``frontier``, ``plots``.
 * The device contract, ``nopeek_tf.device`` (no TensorFlow): ``manifest``, ``litert``.
