@@ -24,6 +24,7 @@ records the result in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -315,6 +316,19 @@ def export_bound(split, metrics: dict, clients: dict[str, manifest_lib.ClientMod
     return max(reports, key=lambda report: report["bound_bits"])
 
 
+@contextlib.contextmanager
+def staged(export_dir: str):
+    """A staging folder inside ``export_dir`` to build an export in, removed afterwards; a failed write is an
+    ExportError naming the folder (so nothing half-written is left behind)."""
+    staging = _prepare_export_dir(export_dir)
+    try:
+        yield staging
+    except OSError as error:
+        raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _prepare_export_dir(export_dir: str) -> str:
     try:
         os.makedirs(export_dir, exist_ok=True)
@@ -453,8 +467,7 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
 
     import tensorflow as tf
 
-    staging = _prepare_export_dir(export_dir)
-    try:
+    with staged(export_dir) as staging:
         images = load_export_images(config, metrics)
         test_images = images.test_pixels.astype("float32") * images.preprocessing.scale
         keras_logits = split.server.predict(split.client.predict(test_images, batch_size=100, verbose=0),
@@ -483,10 +496,6 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         manifest = write_manifest(config.model_dir, split, metrics, images, clients, noise, model_name, version,
                                   os.path.join(staging, CLIENT_DIR), log)
         client_dir = install(staging, export_dir, model_name, version)
-    except OSError as error:
-        raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log(f"exported {', '.join(config.variants)} clients to {client_dir} and server version {version} "
         f"to {os.path.join(export_dir, SERVING_DIR, model_name)}/{version}")
     return manifest
@@ -508,8 +517,7 @@ def export_split_client(config: ExportConfig, split, metrics: dict, log=print) -
     _check_plain_layout(metrics, config.model_dir)
     export_dir = config.export_dir or os.path.join(config.model_dir, "export")
     model_name = config.model_name or f"nopeek_{metrics['dataset']}"
-    staging = _prepare_export_dir(export_dir)
-    try:
+    with staged(export_dir) as staging:
         images = load_export_images(config, metrics)
         test_images = images.test_pixels.astype("float32") * images.preprocessing.scale
         keras_activations = split.client.predict(test_images, batch_size=100, verbose=0)
@@ -527,10 +535,6 @@ def export_split_client(config: ExportConfig, split, metrics: dict, log=print) -
         manifest = write_manifest(config.model_dir, split, metrics, images, clients, noise, model_name, version,
                                   os.path.join(staging, CLIENT_DIR), log)
         client_dir = install_client(staging, export_dir)
-    except OSError as error:
-        raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log(f"exported {', '.join(config.variants)} clients to {client_dir} for server version {version} of "
         f"{model_name}: on the split server, python -m export.export --model_dir=SERVER_DIR "
         f"--client_manifest={os.path.join(client_dir, manifest_lib.MANIFEST_FILE)}")
@@ -560,17 +564,12 @@ def export_split_server(config: ExportConfig, log=print) -> manifest_lib.Manifes
 
     server = keras.models.load_model(os.path.join(config.model_dir, model_dir_lib.SERVER_MODEL_FILE), compile=False)
     export_dir = config.export_dir or os.path.join(config.model_dir, "export")
-    staging = _prepare_export_dir(export_dir)
-    try:
+    with staged(export_dir) as staging:
         int8 = manifest.clients.get("int8")
         int8_quantization = (int8.wire_quantization or int8.output.quantization) if int8 is not None else None
         log("writing the server SavedModel")
         build_server_savedmodel(server, os.path.join(staging, "server"), int8_quantization)
         target = install_server(staging, export_dir, manifest.model_name, manifest.server_version)
-    except OSError as error:
-        raise ExportError(f"--export_dir {export_dir} cannot be written: {error.strerror or error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log(f"exported server version {manifest.server_version} of {manifest.model_name} to {target} (with "
         f"{'the float and int8 signatures' if int8_quantization else 'the float signature'})")
     return manifest
