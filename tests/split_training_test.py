@@ -113,7 +113,8 @@ def _run(tmp_path, flags, clients=1, server_flags=(), client_flags=(), name="run
     port = _port()
     server_dir, client_dirs = tmp_path / f"{name}_server", [tmp_path / f"{name}_client{i}" for i in range(clients)]
     server = Program("train.split_server", [*flags, f"--port={port}", f"--num_clients={clients}",
-                                            f"--model_dir={server_dir}", *server_flags], tmp_path / f"{name}_server.log")
+                                            f"--model_dir={server_dir}", *server_flags],
+                     tmp_path / f"{name}_server.log")
     programs = [Program("train.split_client", [*flags, f"--server=localhost:{port}", f"--shard={i}",
                                                f"--num_shards={clients}", f"--model_dir={client_dirs[i]}",
                                                *client_flags], tmp_path / f"{name}_client{i}.log")

@@ -43,7 +43,8 @@ def define_flags() -> None:
     flags.DEFINE_list("extra_flags", [], "Training flags added to every run, comma-separated.")
     flags.DEFINE_string("out", "docs/split_training", "Output folder.")
     flags.DEFINE_string("work_dir", "runs/split_benchmark", "Where the runs' model dirs go.")
-    flags.DEFINE_list("only", [], "Run only these settings (central, or CLIENTS-SCHEDULE-WIRE, e.g. 2-splitfed-float32).")
+    flags.DEFINE_list("only", [], "Run only these settings besides central (CLIENTS-SCHEDULE-WIRE, e.g. "
+                      "2-splitfed-float32).")
     flags.DEFINE_bool("rescan", False, "Train nothing: rebuild the rows of the runs already in --work_dir from their "
                       "model dirs and logs (wall times from the earlier results.csv).")
 

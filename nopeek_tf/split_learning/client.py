@@ -165,7 +165,8 @@ class SplitClient:
 
     def join(self) -> pb.JoinResponse:
         """Joins the server, retrying ``connect_retries`` times; SplitClientError when it refuses or stays away."""
-        request = pb.JoinRequest(client_id=self.client_id, examples=self.examples, next_step=int(self.next_step.numpy()),
+        request = pb.JoinRequest(client_id=self.client_id, examples=self.examples,
+                                 next_step=int(self.next_step.numpy()),
                                  config_json=protocol.agreement_json(self.config, self.split_settings))
         for attempt in range(self.settings.connect_retries + 1):
             try:
@@ -213,7 +214,8 @@ class SplitClient:
         if self.nopeek.alpha == 0:
             dcor, dcor_weight = self.nopeek.batch_dcor(images, sent)
             penalty = tf.zeros([])
-        cut_gradient, loss, correct = tf.py_function(self._exchange, [sent, labels], [tf.float32, tf.float32, tf.float32])
+        cut_gradient, loss, correct = tf.py_function(self._exchange, [sent, labels],
+                                                     [tf.float32, tf.float32, tf.float32])
         cut_gradient = tf.ensure_shape(cut_gradient, sent.shape)
         if self.nopeek.alpha > 0:
             gradients = tape.gradient([sent, penalty], variables,
@@ -301,7 +303,8 @@ class SplitClient:
                                                   accuracy=means["accuracy"]))
         seconds = time.time() - started
         record = {"epoch": epoch + 1, "seconds": round(seconds, 3), "steps": self.traffic.steps - before.steps,
-                  "bytes_sent": self.traffic.sent - before.sent, "bytes_received": self.traffic.received - before.received,
+                  "bytes_sent": self.traffic.sent - before.sent,
+                  "bytes_received": self.traffic.received - before.received,
                   "step_bytes": self.traffic.step_bytes - before.step_bytes,
                   **{f"train_{key}": value for key, value in means.items()}}
         self.history.append(record)

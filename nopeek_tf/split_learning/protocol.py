@@ -202,7 +202,8 @@ def generic_handler(servicer):
     """The gRPC handler that routes each method of :data:`METHODS` to ``servicer.<Method>(request, context)``."""
     import grpc
 
-    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=request.FromString,
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name),
+                                                          request_deserializer=request.FromString,
                                                           response_serializer=response.SerializeToString)
                 for name, (request, response) in METHODS.items()}
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
