@@ -191,7 +191,7 @@ class SplitServer:
         self.done: set[int] = set()
         self.skipped: set[int] = set()
         self.submitted: dict[int, tuple[list[np.ndarray], int]] = {}
-        self.pending: dict[int, tuple[int, object]] = {}  # U-shaped: client -> (step, forward tape)
+        self.pending: dict[int, tuple[int, object, int]] = {}  # U-shaped: client -> (step, forward tape, batch)
         self.left: set[int] = set()
         self.turn_started = time.time()
         self.record = EpochRecord()
