@@ -253,9 +253,12 @@ class SplitClient:
                 gradient = protocol.decode(backward.gradient, "gradient", wire)
                 correct = int(np.sum(np.argmax(logits.numpy(), -1) == labels))
                 loss = float(loss)
-        except (ConnectionLost, SplitClientError, protocol.ProtocolError) as error:
+        except (ConnectionLost, SplitClientError) as error:
             self._error = error
             raise
+        except protocol.ProtocolError as error:  # the server answered something this client cannot use
+            self._error = SplitClientError(f"the server's answer to step {step}: {error}")
+            raise self._error from None
         self.next_step.assign_add(1)
         self.traffic.steps += 1
         return gradient, np.float32(loss), np.float32(correct)
