@@ -409,8 +409,11 @@ def train_and_evaluate(config: TrainConfig, split_settings: protocol.SplitSettin
                f"{settings.num_shards}), {client.steps} steps per epoch; sends activations "
                f"{client.split.activation_shape} as {split_settings.wire}"
                + (" and labels" if split_settings.layout == "plain" else "; keeps the labels (U-shaped)"))
-    client.train()
-    return client.finish()
+    try:
+        client.train()
+        return client.finish()
+    except protocol.ProtocolError as error:  # an answer of the server this client cannot use
+        raise SplitClientError(f"the server's answer: {error}") from None
 
 
 __all__ = ["SplitClient", "SplitClientError", "train_and_evaluate", "ConfigError"]
