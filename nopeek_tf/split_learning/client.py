@@ -132,6 +132,7 @@ class SplitClient:
         self.history: list[dict] = []
         self.traffic = Traffic()
         self._error: Exception | None = None
+        self._rejoins = 0  # in a row, since the last finished epoch
         self._train_step = tf.function(self._step)
         self.channel = protocol.open_channel(settings)
         self.stub = protocol.Stub(self.channel)
@@ -184,7 +185,11 @@ class SplitClient:
         raise AssertionError("unreachable")
 
     def recover(self, error: Exception) -> None:
-        """After a lost call: back to the last checkpoint, then rejoin."""
+        """After a lost call: back to the last checkpoint, then rejoin (SplitClientError after ``connect_retries``
+        rejoins in a row without a finished epoch: the server keeps failing)."""
+        self._rejoins += 1
+        if self._rejoins > self.settings.connect_retries:
+            raise SplitClientError(f"gave up after {self._rejoins - 1} rejoins without finishing an epoch: {error}")
         self.log(f"client {self.client_id}: {error}; rejoining from the checkpoint after epoch "
                  f"{self.checkpoints.restore()}")
         self.join()
@@ -312,6 +317,7 @@ class SplitClient:
                   **{f"train_{key}": value for key, value in means.items()}}
         self.history.append(record)
         self.checkpoints.save(epoch + 1)
+        self._rejoins = 0
         self.log(f"client {self.client_id}: epoch {epoch + 1}/{self.config.epochs} - {seconds:.0f}s - "
                  + " - ".join(f"{key}: {value:.4f}" for key, value in sorted(means.items())))
         return record
