@@ -39,6 +39,7 @@ STEP_METHODS = ("Step", "Forward", "Backward")
 UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 STEP_TIMEOUT_SECONDS = 120.0
 TURN_WAIT_SECONDS = 10.0
+PROGRESS_SECONDS = 30.0  # a progress line within an epoch at most this often
 RETRY_SECONDS = 2.0
 FATAL_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.UNIMPLEMENTED)
@@ -299,10 +300,15 @@ class SplitClient:
         """Trains ``epoch`` on this client's shard; returns its logs (traffic counted from ``before``)."""
         started = time.time()
         logs = loop.EpochLogs()
+        shown = time.time()
         for index, (images, labels) in enumerate(self._stream_for(epoch)):
             for schedule in self.schedules:
                 schedule.apply(self.split.full, epoch + index / self.steps)
             logs.add(self.train_step(images, labels))
+            if time.time() - shown > PROGRESS_SECONDS:
+                shown = time.time()
+                self.log(f"client {self.client_id}: epoch {epoch + 1} step {index + 1}/{self.steps} - "
+                         f"{shown - started:.0f}s - loss: {logs.as_dict()['loss']:.4f}")
         self.refresh_batch_norm()
         means = logs.as_dict()
         weights = protocol.encode_weights([keras.ops.convert_to_numpy(w) for w in self.shared_weights])
