@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from nopeek_tf import model_dir as model_dir_lib
+from nopeek_tf import training
 from nopeek_tf.config import ConfigError, TrainConfig
 from nopeek_tf.core import models
 from nopeek_tf.core import split as split_lib
@@ -67,10 +68,11 @@ class Traffic:
     step_bytes: int = 0  # of the training steps' messages alone (activations, labels, gradients)
 
     def add(self, method: str, request, response) -> None:
-        self.sent += request.ByteSize()
-        self.received += response.ByteSize()
+        sent, received = request.ByteSize(), response.ByteSize()
+        self.sent += sent
+        self.received += received
         if method in STEP_METHODS:
-            self.step_bytes += request.ByteSize() + response.ByteSize()
+            self.step_bytes += sent + received
 
 
 class SplitClient:
@@ -86,8 +88,6 @@ class SplitClient:
 
     def __init__(self, config: TrainConfig, split_settings: protocol.SplitSettings,
                  settings: protocol.ClientSettings, model_dir: str | None, log: Callable[[str], None] = print):
-        from nopeek_tf import training
-
         settings.validate()
         check_split_config(config.with_defence().with_dataset_defaults())
         self.settings, self.split_settings, self.log = settings, split_settings, log
@@ -116,13 +116,7 @@ class SplitClient:
         self._train_raw = train
         self._make_streams()
         self.steps = math.ceil(self.examples / config.batch_size)
-        self.schedules = []
-        if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
-            self.schedules.append(models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs))
-        if config.device_noise_warmup_epochs or config.device_noise_ramp_epochs:
-            self.schedules.append(models.AlphaSchedule(config.device_noise_warmup_epochs,
-                                                       config.device_noise_ramp_epochs,
-                                                       layer=models.DEVICE_NOISE_NAME, weight="noise_scale"))
+        self.schedules = training.step_schedules(config)
         self.next_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="next_step")
         parts = dict(model=self.client_model, optimizer=self.optimizer, next_step=self.next_step)
         if self.head is not None:
@@ -381,8 +375,6 @@ class SplitClient:
 
     def finish(self) -> dict:
         """Evaluates, leaves the server, writes client.keras and metrics.json; returns the metrics."""
-        from nopeek_tf import training
-
         evaluation = self.evaluate()
         try:
             self._call("Leave", pb.LeaveRequest(client_id=self.client_id), timeout=10.0)
@@ -392,12 +384,8 @@ class SplitClient:
             **self.config.to_json(), **self.split_settings.to_json(), **evaluation,
             "split_side": "client", "client_id": self.client_id, "shard": self.settings.shard,
             "num_shards": self.settings.num_shards, "train_examples": self.examples,
-            "activation_shape": list(self.split.activation_shape), **training.sent_size(self.split),
-            **self.split.bound_report(self.run.raw.info.num_classes, self.split_settings.wire),
-            "input_shape": list(self.run.input_shape),
-            "network": os.path.basename(self.config.model_file) if self.config.model_file else self.config.arch,
-            "num_classes": self.run.raw.info.num_classes, "class_names": list(self.run.raw.info.class_names),
-            "data_source": self.run.raw.info.source, "epochs_history": self.history, **self.traffic_report()}
+            **training.model_metrics(self.config, self.split, self.run.raw.info, self.split_settings.wire),
+            "epochs_history": self.history, **self.traffic_report()}
         model_dir_lib.save_model(self.run.model_dir, self.client_model, metrics,
                                  model_file=model_dir_lib.CLIENT_MODEL_FILE)
         self.log(f"client {self.client_id}: test accuracy {metrics['test_accuracy']:.4f} (both halves, over the "

@@ -251,12 +251,7 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> t
     checkpoints = loop.Checkpoints(os.path.join(run.model_dir, model_dir_lib.CHECKPOINT_DIR), trainer, run.chief)
     first_epoch = checkpoints.restore()
     loop.skip_epochs(train_data, first_epoch)
-    schedules = []
-    if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
-        schedules.append(models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs))
-    if config.device_noise_warmup_epochs or config.device_noise_ramp_epochs:
-        schedules.append(models.AlphaSchedule(config.device_noise_warmup_epochs, config.device_noise_ramp_epochs,
-                                              layer=models.DEVICE_NOISE_NAME, weight="noise_scale"))
+    schedules = step_schedules(config)
     report = EpochReporter(run, split)
     started = time.time()
     for epoch in range(first_epoch, config.epochs):
@@ -286,6 +281,33 @@ def evaluate(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds)
     test_dcor, dcor_batch_size = mean_batch_dcor(images, split.sent_activations(images), run.config.dcor_batch_size)
     return {"test_accuracy": evaluation["accuracy"], "test_loss": evaluation["loss"],
             "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size}
+
+
+def step_schedules(config: TrainConfig) -> list[models.AlphaSchedule]:
+    """The schedules applied before each step: alpha's warm-up and ramp, and the device noise's (if any)."""
+    schedules = []
+    if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
+        schedules.append(models.AlphaSchedule(config.alpha_warmup_epochs, config.alpha_ramp_epochs))
+    if config.device_noise_warmup_epochs or config.device_noise_ramp_epochs:
+        schedules.append(models.AlphaSchedule(config.device_noise_warmup_epochs, config.device_noise_ramp_epochs,
+                                              layer=models.DEVICE_NOISE_NAME, weight="noise_scale"))
+    return schedules
+
+
+def model_metrics(config: TrainConfig, split: models.SplitModel, info: data.DatasetInfo,
+                  wire: str = "float32") -> dict:
+    """What metrics.json says of the model and its data: the cut, what the device sends (and its bound on a
+    ``wire`` format), the input, the network and the classes."""
+    return {
+        "activation_shape": list(split.activation_shape),
+        **sent_size(split),
+        **split.bound_report(info.num_classes, wire),
+        "input_shape": list(info.image_shape),
+        "network": os.path.basename(config.model_file) if config.model_file else config.arch,
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "data_source": info.source,
+    }
 
 
 def sent_size(split: models.SplitModel) -> dict:
@@ -323,14 +345,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
     metrics = {
         **run.config.to_json(),
         **evaluate(run, split, trainer, test_ds),
-        "activation_shape": list(split.activation_shape),
-        **sent_size(split),
-        **split.bound_report(run.raw.info.num_classes),
-        "input_shape": list(run.input_shape),
-        "network": os.path.basename(run.config.model_file) if run.config.model_file else run.config.arch,
-        "num_classes": run.raw.info.num_classes,
-        "class_names": list(run.raw.info.class_names),
-        "data_source": run.raw.info.source,
+        **model_metrics(run.config, split, run.raw.info),
         "replicas": run.strategy.num_replicas_in_sync,
         "written_by": distribute.task_name(run.strategy),
         "epochs_run_now": epochs_run,

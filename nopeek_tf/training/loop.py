@@ -257,10 +257,6 @@ class Trainer:
 
     # --- Batch normalisation -----------------------------------------------------------------
 
-    def batch_norm_layers(self) -> list:
-        """The model's BatchNormalization layers (nested models included)."""
-        return batch_norm_layers(self.model)
-
     def refresh_batch_norm(self, distributed_dataset, batches: int = BATCH_NORM_REFRESH_BATCHES) -> None:
         """Re-estimates the batch-normalisation moving statistics under the current weights.
 
@@ -270,7 +266,7 @@ class Trainer:
         ``batches`` training batches, with momentum 0.9, bring the statistics to the final weights
         (Precise BN). Nothing trainable changes. A model without batch normalisation is left alone.
         """
-        layers = self.batch_norm_layers()
+        layers = batch_norm_layers(self.model)
         if not layers:
             return
         with refresh_momentum(layers):
