@@ -30,8 +30,8 @@ import tensorflow as tf
 
 from nopeek_tf import files
 from nopeek_tf import model_dir as model_dir_lib
+from nopeek_tf import training
 from nopeek_tf.config import ConfigError, TrainConfig
-from nopeek_tf.core import models
 from nopeek_tf.core import split as split_lib
 from nopeek_tf.training import data, loop
 
@@ -39,9 +39,8 @@ from . import protocol
 from . import split_training_pb2 as pb
 from .protocol import ProtocolError
 
-SERVER_MODEL_FILE = "server.keras"
-STATE_FILE = "split_state.json"  # in the checkpoint folder: finished epochs, and the client half's weights file
-CLIENT_WEIGHTS_FILE = "client_half.npz"
+STATE_FILE = "split_state.json"  # in the checkpoint folder: finished epochs and the epochs' logs
+CLIENT_WEIGHTS_FILE = "client_half.npz"  # in the checkpoint folder: the client half the server hands out
 TURN_POLL_SECONDS = 0.5
 
 
@@ -55,8 +54,6 @@ class RpcError(Exception):
 
 def settle_config(config: TrainConfig, class_names=None) -> tuple[TrainConfig, data.DatasetInfo]:
     """The server's config with defaults, defence, arch and cut resolved, and the dataset's shape, from no images."""
-    from nopeek_tf import training
-
     config = config.with_defence().with_dataset_defaults()
     config.validate()
     check_split_config(config)
@@ -97,7 +94,6 @@ class ServerHalf:
         self.optimizer = keras.optimizers.Adam(learning_rate)
         self.optimizer.build(model.trainable_variables)
         self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        self.input_shape = tuple(model.input_shape[1:])
         self.output_shape = tuple(model.output_shape[1:])
         self._step = tf.function(self._plain_step)
         self._predict = tf.function(lambda x: self.model(x, training=False))
@@ -211,7 +207,7 @@ class SplitServer:
                 state = json.load(f)
             self.history = state.get("history", [])
             weights_path = os.path.join(self.checkpoints.directory, CLIENT_WEIGHTS_FILE)
-            if state.get("client_weights") and os.path.exists(weights_path):
+            if os.path.exists(weights_path):
                 with np.load(weights_path) as saved:
                     self.client_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
             self.log(f"resumed after epoch {self.epoch} from {self.checkpoints.directory}")
@@ -224,15 +220,17 @@ class SplitServer:
                     np.savez(f, **{f"w{i}": weight for i, weight in enumerate(self.client_weights)})
         self.checkpoints.save(self.epoch)
         files.write_json(os.path.join(self.checkpoints.directory, STATE_FILE),
-                         {"epoch": self.epoch, "client_weights": self.client_weights is not None,
-                          "history": self.history})
+                         {"epoch": self.epoch, "history": self.history})
 
     # --- Checks -------------------------------------------------------------------------------
 
-    def _known(self, client_id: int) -> None:
+    def _valid_id(self, client_id: int) -> None:
         if not 0 <= client_id < self.num_clients:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown client id {client_id}: this server trains "
-                           f"clients 0..{self.num_clients - 1}")
+                           f"clients 0..{self.num_clients - 1} (--num_clients={self.num_clients})")
+
+    def _known(self, client_id: int) -> None:
+        self._valid_id(client_id)
         if client_id not in self.expected_step:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"client {client_id} has not joined: call Join first")
         self.last_seen[client_id] = time.time()
@@ -263,6 +261,15 @@ class SplitServer:
         except ProtocolError as error:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
 
+    def _training_activations(self, request, layout: str, other_layout: str) -> np.ndarray:
+        """The checks a training call starts with (a joined client, ``layout``, its turn); its activations.
+        ``other_layout``: the error text for a run in the other layout."""
+        self._known(request.client_id)
+        if self.settings.layout != layout:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, other_layout)
+        self._in_epoch(request.client_id)
+        return self._activations(request.activations)
+
     def _count(self, client_id: int, request, response) -> None:
         self.record.bytes_received[client_id] += request.ByteSize()
         self.record.bytes_sent[client_id] += response.ByteSize()
@@ -270,9 +277,7 @@ class SplitServer:
     # --- Methods ------------------------------------------------------------------------------
 
     def Join(self, request: pb.JoinRequest) -> pb.JoinResponse:
-        if not 0 <= request.client_id < self.num_clients:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown client id {request.client_id}: this server "
-                           f"trains clients 0..{self.num_clients - 1} (--num_clients={self.num_clients})")
+        self._valid_id(request.client_id)
         differences = protocol.disagreements(request.config_json, self.agreement)
         if differences:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"client {request.client_id} and the server "
@@ -315,12 +320,8 @@ class SplitServer:
                 self.condition.wait(min(remaining, TURN_POLL_SECONDS))
 
     def Step(self, request: pb.StepRequest) -> pb.StepResponse:
-        self._known(request.client_id)
-        if self.settings.layout != "plain":
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "Step is the plain layout's; this run is U-shaped "
-                           "(Forward, then Backward)")
-        self._in_epoch(request.client_id)
-        activations = self._activations(request.activations)
+        activations = self._training_activations(
+            request, "plain", "Step is the plain layout's; this run is U-shaped (Forward, then Backward)")
         labels = np.asarray(request.labels, np.int32)
         if len(labels) != len(activations):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{len(labels)} labels for {len(activations)} "
@@ -342,12 +343,8 @@ class SplitServer:
         return response
 
     def Forward(self, request: pb.ForwardRequest) -> pb.ForwardResponse:
-        self._known(request.client_id)
-        if self.settings.layout != "u_shaped":
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "Forward is the U-shaped layout's; this run is "
-                           "plain (Step)")
-        self._in_epoch(request.client_id)
-        activations = self._activations(request.activations)
+        activations = self._training_activations(
+            request, "u_shaped", "Forward is the U-shaped layout's; this run is plain (Step)")
         with self.model_lock:
             self._step_number(request.client_id, request.step)
             outputs, tape = self.half.forward(activations)
@@ -496,11 +493,9 @@ class SplitServer:
         """Writes server.keras and metrics.json; returns the metrics."""
         metrics = {**self.config.to_json(), **self.settings.to_json(), "split_side": "server",
                    "schedule": self.schedule, "num_clients": self.num_clients,
-                   "activation_shape": list(self.activation_shape), "input_shape": list(self.info.image_shape),
-                   "num_classes": self.info.num_classes, "class_names": list(self.info.class_names),
-                   "network": os.path.basename(self.config.model_file) if self.config.model_file else self.config.arch,
-                   "epochs_history": self.history, **self.split.bound_report(self.info.num_classes)}
-        model_dir_lib.save_model(self.model_dir, self.half.model, metrics, model_file=SERVER_MODEL_FILE)
+                   **training.model_metrics(self.config, self.split, self.info),
+                   "epochs_history": self.history}
+        model_dir_lib.save_model(self.model_dir, self.half.model, metrics, model_file=model_dir_lib.SERVER_MODEL_FILE)
         return metrics
 
 
