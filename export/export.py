@@ -178,6 +178,13 @@ def build_server_savedmodel(server, path: str, int8_quantization: manifest_lib.Q
     archive.write_out(path, verbose=False)
 
 
+def server_int8_quantization(clients: dict[str, manifest_lib.ClientModel]) -> manifest_lib.Quantization | None:
+    """How the server's int8 signature reads what the int8 client sends (its wire quantization, else its output's);
+    None without an int8 client."""
+    int8 = clients.get("int8")
+    return None if int8 is None else int8.wire_quantization or int8.output.quantization
+
+
 def next_version(model_base_path: str) -> int:
     """1 + the highest numeric version folder under ``model_base_path`` (1 if none)."""
     if not os.path.isdir(model_base_path):
@@ -454,9 +461,10 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         config.validate()
     except config_lib.ConfigError as error:
         raise ExportError(str(error)) from None
-    side = model_dir_lib.read_metrics(config.model_dir).get("split_side")
+    found = model_dir_lib.read_metrics(config.model_dir)
+    side = found.get("split_side")
     if side == "server":
-        return export_split_server(config, log)
+        return export_split_server(config, found, log)
     if config.client_manifest:
         raise ExportError("--client_manifest is for a split server's model dir (python -m train.split_server)")
     split, metrics = _load_trained(config.model_dir)
@@ -479,9 +487,7 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
 
         log("writing the server SavedModel")
         server_path = os.path.join(staging, "server")
-        int8_quantization = None
-        if "int8" in clients:
-            int8_quantization = clients["int8"].wire_quantization or clients["int8"].output.quantization
+        int8_quantization = server_int8_quantization(clients)
         build_server_savedmodel(split.server, server_path, int8_quantization)
         signatures = tf.saved_model.load(server_path).signatures
         for variant, client in clients.items():
@@ -541,7 +547,7 @@ def export_split_client(config: ExportConfig, split, metrics: dict, log=print) -
     return manifest
 
 
-def export_split_server(config: ExportConfig, log=print) -> manifest_lib.Manifest:
+def export_split_server(config: ExportConfig, metrics: dict, log=print) -> manifest_lib.Manifest:
     """Exports a split server's half as the SavedModel (and models.config) that the client's manifest names.
 
     Returns:
@@ -555,7 +561,6 @@ def export_split_server(config: ExportConfig, log=print) -> manifest_lib.Manifes
         manifest = manifest_lib.Manifest.load(config.client_manifest)
     except (OSError, ValueError) as error:
         raise ExportError(f"--client_manifest: {error}") from None
-    metrics = model_dir_lib.read_metrics(config.model_dir)
     _check_plain_layout(metrics, config.model_dir)
     if list(manifest.activation_shape) != list(metrics["activation_shape"]):
         raise ExportError(f"--client_manifest sends activations {manifest.activation_shape}; this server half takes "
@@ -565,8 +570,7 @@ def export_split_server(config: ExportConfig, log=print) -> manifest_lib.Manifes
     server = keras.models.load_model(os.path.join(config.model_dir, model_dir_lib.SERVER_MODEL_FILE), compile=False)
     export_dir = config.export_dir or os.path.join(config.model_dir, "export")
     with staged(export_dir) as staging:
-        int8 = manifest.clients.get("int8")
-        int8_quantization = (int8.wire_quantization or int8.output.quantization) if int8 is not None else None
+        int8_quantization = server_int8_quantization(manifest.clients)
         log("writing the server SavedModel")
         build_server_savedmodel(server, os.path.join(staging, "server"), int8_quantization)
         target = install_server(staging, export_dir, manifest.model_name, manifest.server_version)
