@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from nopeek_tf.privacy import attacks
+from nopeek_tf import attacks
 
 from nopeek_tf.training import data
 from nopeek_tf import model_dir as model_dir_lib
@@ -195,7 +195,7 @@ def test_keras_and_int8_clients_are_attacked_and_the_exporter_copies_the_privacy
     import shutil
 
     from export import export
-    from nopeek_tf.privacy import evaluation
+    from nopeek_tf.experiments import evaluation
     from nopeek_tf.config import EvaluationConfig
 
     export_dir, manifest = exported
@@ -247,7 +247,7 @@ def test_attacker_aware_training_lowers_a_fresh_decoders_ssim(tmp_path):
     """The same seed and data, with and without the in-loop decoder: a decoder trained afterwards on the
     public client reconstructs the defended client's activations worse."""
     from nopeek_tf import config as config_lib
-    from nopeek_tf.privacy import evaluation
+    from nopeek_tf.experiments import evaluation
     from nopeek_tf import training
 
     attack_data = evaluation.load_attack_data("orl_faces", None, (28, 23), 0, 120)

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from nopeek_tf import config as config_lib
-from nopeek_tf.privacy import sweep
+from nopeek_tf.experiments import sweep
 from tests.conftest import REPO_ROOT
 from train import sweep as sweep_script
 
@@ -29,13 +29,13 @@ def test_every_train_field_is_a_flag_of_train_and_sweep_and_saved_in_config_json
     train_flags = _flag_values(config_lib.TrainConfig)
     sweep_flags = _flag_values(config_lib.TrainConfig, include_swept=False)
     saved = config_lib.TrainConfig().to_json()
-    for field in dataclasses.fields(config_lib.TrainConfig):
+    for field, _ in config_lib.leaf_fields(config_lib.TrainConfig):
         if not field.metadata["flag"]:
             continue
         assert field.name in train_flags and field.name in saved, field.name
         assert (field.name in sweep_flags) != field.metadata["swept"], field.name
     assert {"cut", "defence", "alpha", "noise", "noise_scale", "adversary_weight"} == {
-        f.name for f in dataclasses.fields(config_lib.TrainConfig) if f.metadata["swept"]}
+        f.name for f, _ in config_lib.leaf_fields(config_lib.TrainConfig) if f.metadata["swept"]}
 
 
 @pytest.mark.parametrize("argv, defence, cut, bottleneck, alpha", [
@@ -74,7 +74,7 @@ def test_flags_parse_into_the_config_with_types_and_defaults():
     config = config_lib.from_flags(config_lib.TrainConfig, flag_values=flag_values, verbose=0)
     assert (config.alpha, config.image_size, config.devices, config.mixed_precision, config.epochs) == (
         3.0, (56, 46), ("/cpu:0", "/cpu:1"), True, 7)
-    assert config.learning_rate == config_lib.TrainConfig.learning_rate == 1e-3 and config.verbose == 0
+    assert config.learning_rate == config_lib.TrainConfig().learning_rate == 1e-3 and config.verbose == 0
     assert json.loads(json.dumps(config.to_json()))["image_size"] == [56, 46]
     assert "verbose" not in config.to_json()
 

@@ -221,7 +221,7 @@ def test_your_own_model_on_a_folder_of_colour_pngs_end_to_end(tmp_path):
     assert metrics["network"] == "mine.keras" and metrics["cut"] == "block_add"
     assert 0 < metrics["client_flops_share"] < 1
 
-    from nopeek_tf.privacy import evaluation
+    from nopeek_tf.experiments import evaluation
     from nopeek_tf.config import AttackBudget, EvaluationConfig
 
     leakage = evaluation.evaluate_leakage(

@@ -146,7 +146,7 @@ def test_one_client_sequential_equals_central_training(tmp_path, alpha, batch_si
     import keras
 
     from nopeek_tf.config import TrainConfig
-    from nopeek_tf.core import split as split_lib
+    from nopeek_tf.training import networks
 
     flags = dict(dataset="orl_faces", defence="plain", alpha=alpha, epochs=epochs, batch_size=batch_size, seed=3)
     args = [f"--{key}={value}" for key, value in flags.items()]
@@ -159,7 +159,7 @@ def test_one_client_sequential_equals_central_training(tmp_path, alpha, batch_si
     assert _max_difference(central.get_layer("client"), client.get_layer("client")) < 1e-5
     assert _max_difference(central.get_layer("server"), server) < 1e-5
     keras.utils.set_random_seed(3)  # the weights both started from: training moved them far beyond 1e-5
-    start = split_lib.split_for_config(TrainConfig(**flags).with_arch((112, 92, 1)), (112, 92, 1), 40)
+    start = networks.build_split(networks.with_arch(TrainConfig(**flags), (112, 92, 1)), (112, 92, 1), 40)
     assert _max_difference(start.client, client.get_layer("client")) > 1e-4
     assert _max_difference(start.server, server) > 1e-4
     assert _metrics(client_dir)["test_accuracy"] == pytest.approx(_metrics(tmp_path / "central")["test_accuracy"],
@@ -281,7 +281,7 @@ def test_bad_messages_are_refused_and_nothing_is_applied(tmp_path):
     import keras
 
     from nopeek_tf.config import TrainConfig
-    from nopeek_tf.core import split as split_lib
+    from nopeek_tf.training import networks
     from nopeek_tf.split_learning.server import settle_config
 
     flags = dict(dataset="orl_faces", defence="plain", alpha=0.0, epochs=1, batch_size=4, cut="conv4")
@@ -335,7 +335,7 @@ def test_bad_messages_are_refused_and_nothing_is_applied(tmp_path):
           "client weights: 0 tensors")
     after_one_step = logits()
     keras.utils.set_random_seed(0)
-    split = split_lib.split_for_config(config, info.image_shape, info.num_classes)
+    split = networks.build_split(config, info.image_shape, info.num_classes)
     weights = protocol.encode_weights([w.numpy() for w in split.client.weights])
     _code(lambda: stub.EndEpoch(pb.EpochEndRequest(client_id=0, epoch=4, client_weights=weights)),
           "FAILED_PRECONDITION", "stale epoch 5")
@@ -440,7 +440,7 @@ def test_each_side_exports_and_together_they_serve_the_edge_client(tmp_path):
     from edge.client import EdgeClient
     from export import export
     from nopeek_tf.config import AttackBudget, EvaluationConfig
-    from nopeek_tf.privacy import evaluation
+    from nopeek_tf.experiments import evaluation
     from nopeek_tf.training import data
     from tests.local_server import LocalServer
 
@@ -477,3 +477,75 @@ def test_each_side_exports_and_together_they_serve_the_edge_client(tmp_path):
                                                                      recognizer_epochs=1))
     assert result["worst_ssim"] is not None and result["excess_ssim"] is not None
     assert os.path.exists(client_dir / "leakage.json")
+
+
+def test_four_splitfed_clients_at_once_leave_a_consistent_state(tmp_path):
+    """Steps, evaluations and epoch ends of four clients from eight threads at once: no step lost or applied
+    twice, one submission per client, and the epoch's average over exactly those submissions."""
+    from nopeek_tf import model_dir as model_dir_lib
+    from nopeek_tf.config import TrainConfig
+    from nopeek_tf.split_learning.server import settle_config
+    from nopeek_tf.split_learning.server_state import RpcError, ServerState
+
+    clients, steps, batch = 4, 6, 4
+    config, info = settle_config(TrainConfig(dataset="orl_faces", defence="plain", alpha=0.0, epochs=2,
+                                             batch_size=batch, cut="conv4"))
+    model_dir_lib.prepare(str(tmp_path), config)
+    state = ServerState(config, info, protocol.SplitSettings(), clients, "splitfed", 60.0, str(tmp_path),
+                        log=lambda line: None)
+    agreement = protocol.agreement_json(config, protocol.SplitSettings())
+    shape = state.activation_shape
+    errors, ends_accepted, lock = [], [], threading.Lock()
+
+    def train(client_id: int) -> None:
+        try:
+            rng = np.random.default_rng(client_id)
+            state.Join(pb.JoinRequest(client_id=client_id, config_json=agreement, next_step=0, examples=10))
+            assert state.AwaitTurn(pb.TurnRequest(client_id=client_id, wait_seconds=5)).go
+            for step in range(steps):
+                activations = rng.uniform(size=(batch, *shape)).astype(np.float32)
+                state.Step(pb.StepRequest(client_id=client_id, step=step, activations=protocol.encode(activations),
+                                          labels=rng.integers(0, info.num_classes, batch).tolist()))
+            weights = [np.full(s, client_id + 1.0, np.float32) for s in state.client_weight_shapes]
+            end = pb.EpochEndRequest(client_id=client_id, epoch=0, examples=10 * (client_id + 1),
+                                     client_weights=protocol.encode_weights(weights))
+            duplicate = threading.Thread(target=end_epoch, args=(end,))
+            duplicate.start()
+            end_epoch(end)
+            duplicate.join()
+        except Exception as error:  # noqa: BLE001  (reported below with its client)
+            errors.append((client_id, repr(error)))
+
+    def end_epoch(request) -> None:
+        try:
+            state.EndEpoch(request)
+            with lock:
+                ends_accepted.append(request.client_id)
+        except RpcError:
+            pass  # the twin of an accepted submission
+
+    def evaluate(client_id: int) -> None:
+        rng = np.random.default_rng(100 + client_id)
+        for _ in range(steps):
+            activations = rng.uniform(size=(batch, *shape)).astype(np.float32)
+            try:
+                state.Evaluate(pb.EvaluateRequest(client_id=client_id, activations=protocol.encode(activations)))
+            except RpcError:
+                pass  # not joined yet
+
+    threads = [threading.Thread(target=train, args=(c,)) for c in range(clients)]
+    threads += [threading.Thread(target=evaluate, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors
+    assert sorted(ends_accepted) == list(range(clients))  # one submission each; the twins refused
+    assert state.epoch == 1 and len(state.history) == 1
+    epoch = state.history[0]
+    assert epoch["steps"] == clients * steps and epoch["examples"] == clients * steps * batch
+    assert epoch["clients_trained"] == list(range(clients)) and epoch["clients_left_out"] == []
+    assert all(state.expected_step[c] == steps for c in range(clients))
+    expected = sum((c + 1) * 10 * (c + 1) for c in range(clients)) / sum(10 * (c + 1) for c in range(clients))
+    for weight in state.client_weights:
+        np.testing.assert_allclose(weight, expected, rtol=1e-6)

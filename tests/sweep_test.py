@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from nopeek_tf.privacy import attacks, sweep
+from nopeek_tf import attacks
+from nopeek_tf.experiments import sweep
 from nopeek_tf.config import AttackBudget, ConfigError, EvaluationConfig, TrainConfig
 from tests.conftest import REPO_ROOT
 

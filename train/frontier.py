@@ -31,7 +31,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-    from nopeek_tf.privacy import frontier
+    from nopeek_tf.experiments import frontier
     from nopeek_tf import model_dir as model_dir_lib
 
     model_dirs = argv[1:]

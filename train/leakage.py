@@ -44,7 +44,7 @@ def define_flags() -> None:
 
 def main(argv):
     runtime.start_tensorflow_script(argv)
-    from nopeek_tf.privacy import evaluation
+    from nopeek_tf.experiments import evaluation
     from nopeek_tf.training.data import DatasetError
 
     if FLAGS.tflite:

@@ -30,11 +30,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script, so that tests can import this module)."""
-    config_lib.define_flags(config_lib.TrainConfig)
-    config_lib.define_flags(protocol.SplitSettings)
-    config_lib.define_flags(protocol.ClientSettings)
+    protocol.define_flags(protocol.ClientSettings)
     flags.adopt_module_key_flags(config_lib)
-    flags.adopt_module_key_flags(protocol)
     flags.DEFINE_string("model_dir", None, "Output folder of this client (default runs/split_client<id>).")
 
 
@@ -44,12 +41,7 @@ def main(argv):
     from nopeek_tf.training.data import DatasetError
 
     try:
-        config = config_lib.from_flags(config_lib.TrainConfig, verbose=2)
-        config = config.with_defence(given=config_lib.given_flags(config_lib.TrainConfig))
-        split_settings = config_lib.from_flags(protocol.SplitSettings)
-        settings = config_lib.from_flags(protocol.ClientSettings)
-        split_settings.validate()
-        settings.validate()
+        config, split_settings, settings = protocol.settings_from_flags(protocol.ClientSettings)
         model_dir = FLAGS.model_dir or os.path.join("runs", f"split_client{settings.id}")
         client.train_and_evaluate(config, split_settings, settings, model_dir, log=lambda line: print(line, flush=True))
     except DatasetError as error:

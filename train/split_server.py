@@ -36,11 +36,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script, so that tests can import this module)."""
-    config_lib.define_flags(config_lib.TrainConfig)
-    config_lib.define_flags(protocol.SplitSettings)
-    config_lib.define_flags(protocol.ServerSettings)
+    protocol.define_flags(protocol.ServerSettings)
     flags.adopt_module_key_flags(config_lib)
-    flags.adopt_module_key_flags(protocol)
     flags.DEFINE_string("model_dir", "runs/split_server", "Output folder of the server's half.")
     flags.DEFINE_list("class_names", None, "For --dataset=folder: the class names (the server reads no images).")
 
@@ -60,12 +57,7 @@ def main(argv):
     ServingConfigError, read_ssl_config = serving.ConfigError, serving.read_ssl_config
 
     try:
-        config = config_lib.from_flags(config_lib.TrainConfig, verbose=2)
-        config = config.with_defence(given=config_lib.given_flags(config_lib.TrainConfig))
-        split_settings = config_lib.from_flags(protocol.SplitSettings)
-        server_settings = config_lib.from_flags(protocol.ServerSettings)
-        split_settings.validate()
-        server_settings.validate()
+        config, split_settings, server_settings = protocol.settings_from_flags(protocol.ServerSettings)
         credentials = read_ssl_config(server_settings.ssl_config_file) if server_settings.ssl_config_file else None
         server.serve(config, split_settings, server_settings, FLAGS.model_dir, credentials,
                      log=lambda line: print(line, flush=True), class_names=FLAGS.class_names)

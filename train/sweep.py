@@ -33,7 +33,7 @@ CONFIG_PACKAGE = f"{__package__ or 'train'}.configs"  # train.configs, or nopeek
 
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script)."""
-    from nopeek_tf.privacy.sweep import SweepConfig
+    from nopeek_tf.experiments.sweep import SweepConfig
 
     flags.DEFINE_string("config", None, "A sweep configuration: a module name in train/configs/ (e.g. "
                         "fashion_mnist) or a path to a .py file with get_config().")
@@ -68,7 +68,7 @@ def load_config_module(name: str):
 
 def settings_from_flags():
     """The SweepSettings of --config (if any) with the given flags applied over it."""
-    from nopeek_tf.privacy.sweep import SweepConfig, SweepSettings
+    from nopeek_tf.experiments.sweep import SweepConfig, SweepSettings
 
     base = load_config_module(FLAGS.config) if FLAGS.config else SweepSettings()
     if FLAGS.quick:
@@ -85,7 +85,7 @@ def settings_from_flags():
 
 def main(argv):
     runtime.start_tensorflow_script(argv)
-    from nopeek_tf.privacy import sweep
+    from nopeek_tf.experiments import sweep
     from nopeek_tf.training.data import DatasetError
 
     try:

@@ -25,7 +25,8 @@ from nopeek_tf import model_dir as model_dir_lib  # noqa: E402
 from nopeek_tf.config import TrainConfig  # noqa: E402
 from nopeek_tf.core import split  # noqa: E402
 from nopeek_tf.core.dcor import mean_batch_dcor  # noqa: E402
-from nopeek_tf.training import data, sent_size  # noqa: E402
+from nopeek_tf.training import data, networks  # noqa: E402
+from nopeek_tf.training.runner import sent_size  # noqa: E402
 
 
 def main(source: str, cut: str, target: str) -> None:
@@ -35,7 +36,7 @@ def main(source: str, cut: str, target: str) -> None:
                                      adversary_weight=0.0)
     if config != undefended or not config.user_model:
         sys.exit(f"error: {source} is not an undefended run of your own network")
-    network = split.load_network(config, metrics["input_shape"], metrics["num_classes"])
+    network = networks.load_network(config, metrics["input_shape"], metrics["num_classes"])
     trained = {layer.name: layer for half in (halves.client, halves.server) for layer in half.layers}
     for layer in network.layers:
         if layer.weights:

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import keras
 
+from nopeek_tf.config import Defence
 from nopeek_tf.core import models
 
 # keras.applications networks that the command line builds by name (any other
@@ -284,33 +285,38 @@ def default_cut(model: keras.Model) -> str:
     return Graph(model).default_cut()
 
 
-def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
-                noise: tuple[str, float] | None = None, bottleneck: int = 0, bounded: bool = False,
-                device_noise: float = 0.0) -> models.SplitModel:
+def split_model(model: keras.Model, cut: str | None = None, defence: Defence | None = None,
+                **settings) -> models.SplitModel:
     """Splits a Keras model at layer ``cut`` into NoPeek's client half, NoPeek layer and server half.
 
     The halves call the user's own layer objects, so they start from (and train)
     the user's weights: before training, ``split.full(x)`` equals ``model(x)``
     (the logits, for a model that ends in softmax).
 
+    Example:
+      >>> halves = split_model(model, cut="block_5_add", defence=Defence(alpha=1.0, bottleneck=4))
+      >>> halves = split_model(model, cut="block_5_add", alpha=1.0, bottleneck=4)  # the same
+
     Args:
       model: a functional or Sequential Keras model (nested models allowed), image in, class scores out.
       cut: the name of the last layer on the client; None for :func:`default_cut`.
-      alpha: weight of the dCor loss (0 trains without NoPeek but still logs dCor).
-      noise: (kind, scale) for the noise baseline (:class:`nopeek_tf.models.ActivationNoise`), or None.
-      bottleneck: if > 0, the client ends with a linear 1x1 convolution (dense after a flat cut) to this
-        many channels, and the server starts with one back to the cut's channels.
-      bounded: the bottleneck ends in tanh (every value sent in [-1, 1]).
-      device_noise: with ``bounded``, the stddev of the Gaussian noise the device adds (trained with it).
+      defence: what protects what the client sends (:class:`nopeek_tf.config.Defence`): ``alpha`` (the dCor
+        weight; 0 trains without NoPeek but still logs dCor), ``bottleneck`` (if > 0, the client ends with a
+        linear 1x1 convolution, dense after a flat cut, to this many channels, and the server starts with one
+        back to the cut's channels), ``bounded`` (the bottleneck ends in tanh: every value sent in [-1, 1]),
+        ``device_noise`` (with ``bounded``, the stddev of the Gaussian noise the device adds, trained with it),
+        the noise baseline (``noise``, ``noise_scale``). None: no defence.
+      **settings: Defence fields by name, applied over ``defence``.
 
     Returns:
-      A :class:`nopeek_tf.models.SplitModel` whose ``full`` model outputs logits.
+      A :class:`nopeek_tf.core.models.SplitModel` whose ``full`` model outputs logits.
 
     Raises:
       CutError: ``cut`` is not a layer of the model, or is crossed by a skip connection (the message
         names the tensors that cross and the nearest valid cuts before and after).
     """
-    models.check_bound_settings(bottleneck, bounded, device_noise)
+    defence = models.checked_defence(defence, settings)
+    bottleneck, bounded = defence.bottleneck, defence.bounded
     graph = Graph(model)
     index = graph.check_cut(cut or graph.default_cut())
     client_nodes = sorted(graph.ancestors(index))
@@ -345,8 +351,7 @@ def split_model(model: keras.Model, cut: str | None = None, alpha: float = 0.0,
     else:
         logits = known[id(graph.output)]
     server = keras.Model(activations, logits, name=models.SERVER_NAME)
-    return models.assemble_split(client, server, alpha, noise, name=f"nopeek_{_safe_name(model.name)}_{cut}",
-                                 device_noise=device_noise)
+    return models.assemble_split(client, server, defence, name=f"nopeek_{_safe_name(model.name)}_{cut}")
 
 
 def _safe_name(name: str) -> str:
@@ -421,34 +426,3 @@ def load_model_file(path: str) -> keras.Model:
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CutError(f"--model_file {path} cannot be loaded as a Keras model, so there is nothing to cut "
                        f"({text})") from None
-
-
-def load_network(config, input_shape: Sequence[int], num_classes: int) -> keras.Model | None:
-    """The user's network of a :class:`nopeek_tf.config.TrainConfig`: its ``--model_file``, or the
-    ``keras.applications`` ``--arch`` built for ``input_shape`` and ``num_classes``; None for a built-in arch."""
-    if config.model_file:
-        return load_model_file(config.model_file)
-    if not config.user_model:
-        return None
-    return build_application(config.arch, input_shape, num_classes, parse_options(config.arch_options))
-
-
-def split_for_config(config, input_shape: Sequence[int], num_classes: int, alpha: float | None = None
-                     ) -> models.SplitModel:
-    """The split model a :class:`nopeek_tf.config.TrainConfig` describes (arch or model file, cut, defences).
-
-    Args:
-      config: the run's settings, arch and cut resolved.
-      input_shape: one image's shape.
-      num_classes: the classes.
-      alpha: overrides ``config.alpha`` (0 for a plain classifier of the same network).
-    """
-    alpha = config.alpha if alpha is None else alpha
-    noise = (config.noise, config.noise_scale) if config.noise != "none" else None
-    network = load_network(config, input_shape, num_classes)
-    if network is None:
-        return models.build_split_model(config.arch, input_shape, num_classes, config.cut, alpha, noise=noise,
-                                        client_width=config.client_width, bottleneck=config.bottleneck,
-                                        bounded=config.bounded, device_noise=config.device_noise)
-    return split_model(network, config.cut, alpha, noise=noise, bottleneck=config.bottleneck, bounded=config.bounded,
-                       device_noise=config.device_noise)

@@ -28,13 +28,12 @@ from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf import training
 from nopeek_tf.config import ConfigError, TrainConfig
 from nopeek_tf.core import models
-from nopeek_tf.core import split as split_lib
 from nopeek_tf.core.dcor import mean_batch_dcor
 from nopeek_tf.training import data, loop
 
 from . import protocol
 from . import split_training_pb2 as pb
-from .server import check_split_config, server_part
+from .halves import server_part
 
 STEP_METHODS = ("Step", "Forward", "Backward")
 UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -89,14 +88,13 @@ class SplitClient:
     def __init__(self, config: TrainConfig, split_settings: protocol.SplitSettings,
                  settings: protocol.ClientSettings, model_dir: str | None, log: Callable[[str], None] = print):
         settings.validate()
-        check_split_config(config.with_defence().with_dataset_defaults())
         self.settings, self.split_settings, self.log = settings, split_settings, log
-        self.run = training.start_run(config, model_dir)
+        self.run = training.start_run(config, model_dir, protocol.check_split_config)
         self.config = config = self.run.config
         self.client_id = settings.id
         keras.utils.set_random_seed(config.seed)  # the server builds the same model from the same seed
         info = self.run.raw.info
-        self.split = split_lib.split_for_config(config, self.run.input_shape, info.num_classes)
+        self.split = training.build_split(config, self.run.input_shape, info.num_classes)
         self.client_model = models.client_side(self.split)
         self.nopeek = self.split.full.get_layer(models.NOPEEK_NAME)
         _, self.head = server_part(self.split.server, split_settings.layout)

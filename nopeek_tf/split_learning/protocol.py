@@ -28,6 +28,37 @@ PER_MACHINE_FLAGS = ("data_dir", "test_fraction", "strategy", "devices", "peer_t
 _WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
 
 
+def check_split_config(config: config_lib.TrainConfig) -> None:
+    """Refuses the training flags split training does not support (one line naming the flag); both sides check."""
+    if config.strategy != "default":
+        raise config_lib.ConfigError("--strategy: split training runs each side on one device (--strategy=default)")
+    if config.mixed_precision:
+        raise config_lib.ConfigError("--mixed_precision is not supported in split training")
+    if config.adversary_weight:
+        raise config_lib.ConfigError("--adversary_weight (attacker-aware training) is not supported in split "
+                                     "training")
+
+
+def define_flags(side_settings: type) -> None:
+    """Defines the flags of a split program: train.train's training flags, :class:`SplitSettings` and its
+    side's own (:class:`ServerSettings` or :class:`ClientSettings`). Its ``--help`` shows them with
+    ``flags.adopt_module_key_flags(nopeek_tf.config)``."""
+    for settings_class in (config_lib.TrainConfig, SplitSettings, side_settings):
+        config_lib.define_flags(settings_class)
+
+
+def settings_from_flags(side_settings: type):
+    """The parsed flags of a split program: (TrainConfig with the recommended defence applied as the flags
+    ask, SplitSettings, the side's settings), each checked (ConfigError naming the flag)."""
+    config = config_lib.from_flags(config_lib.TrainConfig, verbose=2)
+    config = config.with_defence(given=config_lib.given_flags(config_lib.TrainConfig))
+    split_settings = config_lib.from_flags(SplitSettings)
+    side = config_lib.from_flags(side_settings)
+    split_settings.validate()
+    side.validate()
+    return config, split_settings, side
+
+
 class ProtocolError(ValueError):
     """A message that cannot be applied; the text names what is wrong (the server answers it as an error)."""
 

@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nopeek_tf import attacks
 from nopeek_tf.training import data
 
 from nopeek_tf import files
@@ -133,8 +134,6 @@ class Trainer:
         self._evaluate_step = tf.function(self._local_evaluate_step)
 
     def _build_adversary(self, adversary: Adversary) -> None:
-        from nopeek_tf.privacy import attacks
-
         # The decoder and its SSIM stay float32 under mixed precision.
         with models.dtype_policy("float32"), self.strategy.scope():
             self.decoder = attacks.build_decoder(self.split.activation_shape, self.model.input_shape[1:],

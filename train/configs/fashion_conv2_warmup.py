@@ -9,7 +9,7 @@ fashion_narrow first). 3 models, about 5 minutes each on 2 cores (README:
 
 import dataclasses
 
-from nopeek_tf.privacy.sweep import SweepConfig, SweepSettings
+from nopeek_tf.experiments.sweep import SweepConfig, SweepSettings
 from . import _fashion
 
 

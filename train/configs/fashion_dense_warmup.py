@@ -8,7 +8,7 @@ Draws the curves of the fashion_mnist sweep too (run it first). 3 models, about
 
 import dataclasses
 
-from nopeek_tf.privacy.sweep import SweepConfig, SweepSettings
+from nopeek_tf.experiments.sweep import SweepConfig, SweepSettings
 from . import _fashion
 
 

@@ -9,7 +9,7 @@ Fashion-MNIST").
 
 import dataclasses
 
-from nopeek_tf.privacy.sweep import SweepConfig, SweepSettings
+from nopeek_tf.experiments.sweep import SweepConfig, SweepSettings
 from . import _fashion
 
 

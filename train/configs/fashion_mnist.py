@@ -5,7 +5,7 @@ r"""Fashion-MNIST: NoPeek over alpha at cuts conv2 and dense, and the noise base
 14 models, about 5-6 minutes each on 2 cores (README: "Measured: Fashion-MNIST").
 """
 
-from nopeek_tf.privacy.sweep import SweepConfig, SweepSettings
+from nopeek_tf.experiments.sweep import SweepConfig, SweepSettings
 from . import _fashion
 
 

@@ -7,7 +7,7 @@ r"""Fashion-MNIST at the dense cut with a 4x narrower client (8/8/16 filters, 32
 
 import dataclasses
 
-from nopeek_tf.privacy.sweep import SweepConfig, SweepSettings
+from nopeek_tf.experiments.sweep import SweepConfig, SweepSettings
 from . import _fashion
 
 

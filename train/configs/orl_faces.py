@@ -10,7 +10,7 @@ on the raw training faces. 9 models, about 3-5 minutes each on 2 cores (README:
 """
 
 from nopeek_tf.config import AttackBudget, EvaluationConfig, TrainConfig
-from nopeek_tf.privacy.sweep import SweepConfig, SweepSettings
+from nopeek_tf.experiments.sweep import SweepConfig, SweepSettings
 
 
 def get_config() -> SweepSettings:

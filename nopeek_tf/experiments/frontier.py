@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from nopeek_tf import config as config_lib
 from nopeek_tf import files
-from nopeek_tf.privacy import plots, sweep
+from nopeek_tf.experiments import plots, sweep
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.device import bound
 

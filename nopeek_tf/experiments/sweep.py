@@ -26,7 +26,7 @@ import numpy as np
 
 from nopeek_tf import files
 
-from nopeek_tf.privacy import plots
+from nopeek_tf.experiments import plots
 from nopeek_tf.device import bound
 from nopeek_tf import model_dir as model_dir_lib
 from nopeek_tf.config import (AttackBudget, ConfigError, EvaluationConfig, Settings, TrainConfig, default_arch,
@@ -157,7 +157,7 @@ def train_config(base: TrainConfig, defence: Defence, adversary_alpha: float = 0
 def finished_metrics(model_dir: str, config: TrainConfig) -> dict | None:
     """metrics.json of a finished run of ``config`` (the same epochs too), or None (then it is trained)."""
     return model_dir_lib.finished_metrics(model_dir, config,
-                                          ignore=[key for key in resumable_fields() if key != "epochs"])
+                                          ignore=[key for key in resumable_fields(TrainConfig) if key != "epochs"])
 
 
 def reusable_leakage(model_dir: str, budget: AttackBudget, evaluation: EvaluationConfig) -> dict | None:
@@ -165,7 +165,7 @@ def reusable_leakage(model_dir: str, budget: AttackBudget, evaluation: Evaluatio
     result = model_dir_lib.read_leakage(model_dir)
     if result is None or not os.path.exists(os.path.join(model_dir, model_dir_lib.RECONSTRUCTIONS_FILE)):
         return None
-    from nopeek_tf.privacy.attacks import ATTACKS
+    from nopeek_tf.attacks import ATTACKS
 
     same = (result.get("budget") == dataclasses.asdict(budget) and result.get("client") == "keras"
             and {attack["attack"] for attack in result.get("attacks", [])} == set(ATTACKS)
@@ -232,7 +232,7 @@ def run_sweep(settings: SweepSettings, defences: list[Defence] | None = None, lo
     """
     import keras
 
-    from nopeek_tf.privacy import evaluation
+    from nopeek_tf.experiments import evaluation
     from nopeek_tf.training import train_and_evaluate
 
     settings.sweep.validate()

@@ -20,7 +20,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from nopeek_tf.privacy import attacks, plots
+from nopeek_tf import attacks
+from nopeek_tf.experiments import plots
 
 from nopeek_tf.training import data
 
