@@ -48,7 +48,7 @@ def load(model_dir: str):
     """Loads the trained split model and its metrics from ``model_dir``.
 
     Returns:
-      (a nopeek_tf.models.SplitModel, the metrics.json content).
+      (a nopeek_tf.core.models.SplitModel, the metrics.json content).
 
     Raises:
       ModelDirError: ``model_dir`` does not exist or holds no model.keras and metrics.json.

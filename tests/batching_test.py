@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from export.export import BATCHING_PARAMETERS_TEXT
+from export.serving_model import BATCHING_PARAMETERS_TEXT
 from serving.batching import BatchingParameters, Predictor, read_batching_parameters
 from serving.servables import ModelManager, ServingError
 from tests.local_server import LocalServer

@@ -190,7 +190,7 @@ def test_the_server_never_sees_clean_activations(noisy_export, tmp_path):
 def test_an_int8_client_with_noise_matches_the_float32_ones_classes_within_the_noise(noisy_export):
     import tensorflow as tf
 
-    from export import export
+    from export import serving_model
     from nopeek_tf.device.litert import ClientRunner
     from nopeek_tf.training import data
 
@@ -203,13 +203,13 @@ def test_an_int8_client_with_noise_matches_the_float32_ones_classes_within_the_n
 
     def classes(variant):
         noise = DeviceNoiseSource(manifest.noise, memoise=False)
-        return export.served_logits(runners[variant], signatures, pixels, noise).argmax(axis=1)
+        return serving_model.served_logits(runners[variant], signatures, pixels, noise).argmax(axis=1)
 
     reference = classes("float32")
     between_float_draws = np.mean(classes("float32") == reference)
     int8_agreement = np.mean(classes("int8") == reference)
     assert int8_agreement >= between_float_draws - 0.1
-    clean = {variant: export.served_logits(runner, signatures, pixels).argmax(axis=1)
+    clean = {variant: serving_model.served_logits(runner, signatures, pixels).argmax(axis=1)
              for variant, runner in runners.items()}
     assert np.mean(clean["int8"] == clean["float32"]) >= 0.9  # without noise, the int8 wire keeps the classes
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from export.export import EXCESS_WARNING
+from export.card import EXCESS_WARNING
 from nopeek_tf import config as config_lib
 from nopeek_tf import training
 from tests.conftest import REPO_ROOT

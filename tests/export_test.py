@@ -14,7 +14,8 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from export import export
+from export import card as card_lib
+from export import export, tflite
 from nopeek_tf.device import manifest as manifest_lib
 from nopeek_tf.device.litert import LiteRTModel
 from tests.conftest import REPO_ROOT
@@ -25,17 +26,17 @@ def test_export_warns_without_a_leakage_evaluation_above_the_excess_threshold_an
 
     unbounded = bound.bound_report(4, 10)  # no noise: 4 float32 values, 128 bits
     noisy = bound.bound_report(4, 10, stddev=0.26, clip=1.0)
-    no_evaluation = export.privacy_verdict(unbounded, "runs/x")
+    no_evaluation = card_lib.privacy_verdict(unbounded, "runs/x")
     assert no_evaluation[0].startswith("warning: bound: one request reveals at most 128.00 bits")
     assert "no bound below the wire format's own" in no_evaluation[0]
     assert no_evaluation[1].startswith("warning: runs/x has no leakage evaluation")
-    assert export.privacy_verdict(noisy, "runs/x")[0] == (
+    assert card_lib.privacy_verdict(noisy, "runs/x")[0] == (
         "bound: one request reveals at most 7.96 bits about the image (4 values on a float32 wire; the class "
         "takes 3.32)")
     card = {**noisy, "worst_attack": "public_client", "worst_ssim": 0.8, "floor_ssim": 0.35, "excess_ssim": 0.45}
-    assert export.privacy_verdict(card, "runs/x")[1].startswith("warning: privacy card: worst attack public_client")
+    assert card_lib.privacy_verdict(card, "runs/x")[1].startswith("warning: privacy card: worst attack public_client")
     calm = {**card, "worst_ssim": 0.4, "excess_ssim": 0.05}
-    assert export.privacy_verdict(calm, "runs/x")[1] == ("privacy card: worst attack public_client SSIM 0.400, "
+    assert card_lib.privacy_verdict(calm, "runs/x")[1] == ("privacy card: worst attack public_client SSIM 0.400, "
                                                          "label-only floor 0.350, excess +0.050")
 
 
@@ -142,7 +143,7 @@ def test_flex_ops_are_refused_by_name():
     image = keras.Input((8, 8, 1))
     odd = keras.layers.Lambda(lambda x: tf.math.bessel_i1e(x))(image)
     with pytest.raises(export.ExportError, match="TensorFlow ops that TFLite builtins lack"):
-        export.convert_client(keras.Model(image, odd), "float32")
+        tflite.convert_client(keras.Model(image, odd), "float32")
 
 
 def _run_cli(args):

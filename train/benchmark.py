@@ -11,7 +11,7 @@ r"""Benchmarks NoPeek's cost: the dCor computation and a training step (prints; 
    n x 6272 product for the gradient.
 2. A training step of mnist_cnn (cut conv2) with NoPeek (alpha = 1) against
    alpha = 0, at batch 64, 256 and 1024, through the training loop
-   (nopeek_tf.loop), and the loop's step against Keras ``fit``'s on the same
+   (nopeek_tf.training.loop), and the loop's step against Keras ``fit``'s on the same
    model and batch (the loop replaced ``fit``; it must not be slower).
 3. With --strategies: examples/s of the loop at one global batch under each
    strategy, one device, mirrored on 2 logical CPUs and multi_worker with 2
@@ -102,7 +102,7 @@ def _model_and_batch(batch_size: int, alpha: float, strategy=None):
 
 
 def loop_step_seconds(batch_size: int, alpha: float, repeats: int, strategy=None) -> float:
-    """Median step time of the training loop (nopeek_tf.loop.Trainer) on one repeated global batch.
+    """Median step time of the training loop (nopeek_tf.training.loop.Trainer) on one repeated global batch.
 
     The batches come from the same cached pipeline as :func:`fit_step_seconds`'s,
     split over the replicas by the strategy.

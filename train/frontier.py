@@ -8,7 +8,7 @@ frontier.md (one row per model dir: accuracy, each attack's SSIM, the worst, the
 label-only floor, the excess over it, bytes sent, the client's share of the
 FLOPs; the attack budget; the train.train command that reproduces each model),
 frontier.png (accuracy against excess, by cut) and reconstructions.png. The work
-is nopeek_tf.frontier.write_frontier.
+is nopeek_tf.experiments.frontier.write_frontier.
 """
 
 from __future__ import annotations

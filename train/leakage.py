@@ -9,7 +9,7 @@ Runs nopeek_tf.attacks.run_attacks on the client half (the Keras client, or
 with --tflite the exported client as a device runs it, int8 included), scored
 on held-out test images, and writes leakage.json, leakage.csv,
 reconstructions.png and reconstructions.npz to the model dir (see
-nopeek_tf.evaluation; an exported client's files are named after its variant,
+nopeek_tf.experiments.evaluation; an exported client's files are named after its variant,
 leakage_int8.json, ...). The exporter copies the Keras client's worst case into
 the manifest (its privacy card). The budget flags are the fields of
 nopeek_tf.config.AttackBudget and EvaluationConfig.

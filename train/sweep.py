@@ -5,11 +5,11 @@ r"""The privacy-utility sweep: NoPeek over alpha against the noise baselines, ev
   python -m train.sweep --dataset=orl_faces --alphas=0,1 --sweep_dir=runs/sweep  # or flags alone
 
 Each configuration module's docstring holds the command that runs it and what
-it measured. The flags are the fields of nopeek_tf.sweep.SweepConfig (the axes),
+it measured. The flags are the fields of nopeek_tf.experiments.sweep.SweepConfig (the axes),
 nopeek_tf.config.TrainConfig (every training flag of train.train but those the
 sweep sets per run: cut, alpha, noise, noise_scale), AttackBudget and
 EvaluationConfig; given flags override the configuration module. The work is
-nopeek_tf.sweep.run_sweep (see its docstring for what it writes).
+nopeek_tf.experiments.sweep.run_sweep (see its docstring for what it writes).
 """
 
 from __future__ import annotations

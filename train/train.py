@@ -21,7 +21,7 @@ nopeek_tf.training.train_and_evaluate. Writes to --model_dir: config.json (the
 flags), checkpoints/ (every epoch; a run started again with the same flags
 resumes after the last finished epoch), logs/ (TensorBoard: loss, accuracy,
 dcor), model.keras (the full model; its client and server halves are
-nopeek_tf.models.split_halves(model)), and metrics.json (test_accuracy,
+nopeek_tf.core.models.split_halves(model)), and metrics.json (test_accuracy,
 test_dcor, ...).
 """
 

@@ -41,7 +41,7 @@ RECOMMENDED_DEFENCE: dict[str, dict[str, Any]] = {
 DATASET_DEFAULTS: dict[str, tuple[int, int]] = {
     "fashion_mnist": (2, 128), "mnist": (2, 128), "orl_faces": (40, 32), "folder": (20, 32)}
 OTHER_DATASET_DEFAULTS = (10, 128)
-BUILT_IN_ARCHITECTURES = ("mnist_cnn", "orl_cnn", "resnet_small")  # nopeek_tf.models.ARCHITECTURES
+BUILT_IN_ARCHITECTURES = ("mnist_cnn", "orl_cnn", "resnet_small")  # nopeek_tf.core.models.ARCHITECTURES
 DEFAULT_ARCH_FOR_DATASET = {"orl_faces": "orl_cnn", "fashion_mnist": "mnist_cnn", "mnist": "mnist_cnn"}
 
 

@@ -92,7 +92,7 @@ class NoPeekLayer(keras.layers.Layer):
     def last_dcor(self) -> tuple[tf.Tensor, tf.Tensor]:
         """(dCor, weight) of this layer's last call in the calling thread (a replica's, under a strategy).
 
-        The custom training loop (:mod:`nopeek_tf.loop`) reads the dCor metric here;
+        The custom training loop (:mod:`nopeek_tf.training.loop`) reads the dCor metric here;
         ``fit`` reads the ``dcor`` metric that the same call updates.
         """
         return self._last_dcor[threading.get_ident()]

@@ -177,7 +177,7 @@ def evaluate_leakage(model_dir: str, tflite: str | None = None, budget: AttackBu
 
     Raises:
       nopeek_tf.model_dir.ModelDirError: no trained model in ``model_dir``.
-      nopeek_tf.data.DatasetError: the dataset cannot be loaded.
+      nopeek_tf.training.data.DatasetError: the dataset cannot be loaded.
     """
     evaluation = evaluation or EvaluationConfig()
     metrics = model_dir_lib.read_metrics(model_dir)

@@ -100,7 +100,7 @@ def save_frontier(path: str, rows: list[dict], title: str) -> None:
 
     Args:
       path: the PNG to write (atomically).
-      rows: rows of :func:`nopeek_tf.frontier.frontier_row` (``cut``, ``defence``, ``test_accuracy``,
+      rows: rows of :func:`nopeek_tf.experiments.frontier.frontier_row` (``cut``, ``defence``, ``test_accuracy``,
         ``excess_ssim``, ``bound_bits``, ``label_bits``, ``activation_bytes_int8``, ``client_flops_share``).
       title: the figure's title.
     """

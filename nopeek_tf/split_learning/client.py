@@ -49,12 +49,8 @@ class SplitClientError(RuntimeError):
     """The run cannot go on (the server refused the client, or stayed away); the text says why."""
 
 
-class ConnectionLost(Exception):
+class ConnectionLost(protocol.StatusError):
     """The server failed a call mid-epoch (restarted, or moved on without this client): rejoin."""
-
-    def __init__(self, message: str, code=None):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclasses.dataclass
@@ -153,7 +149,7 @@ class SplitClient:
             code = error.code()
             if code in FATAL_CODES:
                 raise SplitClientError(f"the server refused {method}: {error.details()}") from None
-            raise ConnectionLost(f"{method}: {code.name if code else 'UNKNOWN'}: {error.details()}", code) from None
+            raise ConnectionLost(code, f"{method}: {code.name if code else 'UNKNOWN'}: {error.details()}") from None
         self.traffic.add(method, request, response)
         return response
 

@@ -59,6 +59,15 @@ def settings_from_flags(side_settings: type):
     return config, split_settings, side
 
 
+class StatusError(Exception):
+    """A failed call and its gRPC status ``code`` (a grpc.StatusCode, or None when unknown); the text names the
+    problem. The server answers its own with that status; a client raises one for a call the server failed."""
+
+    def __init__(self, code, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 class ProtocolError(ValueError):
     """A message that cannot be applied; the text names what is wrong (the server answers it as an error)."""
 

@@ -37,12 +37,8 @@ CLIENT_WEIGHTS_FILE = "client_half.npz"  # in the checkpoint folder: the client 
 TURN_POLL_SECONDS = 0.5
 
 
-class RpcError(Exception):
+class RpcError(protocol.StatusError):
     """An answer with an error status: ``code`` (a grpc.StatusCode) and the text naming the problem."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclasses.dataclass

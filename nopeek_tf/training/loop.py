@@ -7,7 +7,7 @@ Keras 3's ``fit`` cannot (keras-team/keras#20585). Each replica runs
     loss = mean cross-entropy over the global batch + (NoPeek losses of the model) / replicas
 
 and the optimizer (built under the strategy) sums the replicas' gradients. The
-NoPeek loss is the model's own ``add_loss`` term (:class:`nopeek_tf.models.NoPeekLayer`),
+NoPeek loss is the model's own ``add_loss`` term (:class:`nopeek_tf.core.models.NoPeekLayer`),
 read from ``model.losses``: it is written once. The layer computes dCor over the
 global batch (it gathers every replica's images and activations); the gather's
 gradient sums the replicas' upstream gradients, which is why each replica adds
