@@ -142,3 +142,20 @@ def test_each_dataset_has_default_epochs_and_batch_size_that_finish_in_minutes()
     assert config_lib.TrainConfig(dataset="folder", data_dir="x").with_dataset_defaults().batch_size == 32
     given = config_lib.TrainConfig(dataset="fashion_mnist", epochs=7, batch_size=16).with_dataset_defaults()
     assert (given.epochs, given.batch_size) == (7, 16)
+
+
+def test_train_config_is_typed_parts_with_flat_names_and_old_config_json_loads():
+    config = config_lib.TrainConfig(dataset="fashion_mnist", alpha=2.0, bottleneck=4, epochs=3, strategy="mirrored")
+    assert isinstance(config.protection, config_lib.Defence) and config.protection.alpha == config.alpha == 2.0
+    assert (config.data.dataset, config.optimisation.epochs, config.distribution.strategy) == (
+        "fashion_mnist", 3, "mirrored")
+    assert config.replace(alpha=0.5).protection == dataclasses.replace(config.protection, alpha=0.5)
+    assert config_lib.TrainConfig(protection=config_lib.Defence(alpha=2.0, bottleneck=4), dataset="fashion_mnist",
+                                  epochs=3, strategy="mirrored") == config
+    # config.json is flat, as before the parts: an earlier file (a key missing, one unknown) loads.
+    saved = config.to_json()
+    assert "protection" not in saved and saved["alpha"] == 2.0 and saved["bottleneck"] == 4
+    earlier = {key: value for key, value in saved.items() if key != "device_noise_ramp_epochs"}
+    assert config_lib.TrainConfig.from_json({**earlier, "removed_setting": 1}) == config
+    with pytest.raises(TypeError, match="no setting"):
+        config_lib.TrainConfig(alhpa=1.0)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pathlib
 import shutil
 import subprocess
 import sys
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT as _ROOT
+
+REPO_ROOT = pathlib.Path(_ROOT)
 
 
 def _lint_imports(root) -> subprocess.CompletedProcess:

@@ -504,7 +504,7 @@ def test_four_splitfed_clients_at_once_leave_a_consistent_state(tmp_path):
             assert state.AwaitTurn(pb.TurnRequest(client_id=client_id, wait_seconds=5)).go
             for step in range(steps):
                 activations = rng.uniform(size=(batch, *shape)).astype(np.float32)
-                state.Step(pb.StepRequest(client_id=client_id, step=step, activations=protocol.encode(activations),
+                state.Step(pb.StepRequest(client_id=client_id, step=step, activations=protocol.encode(activations, "float32"),
                                           labels=rng.integers(0, info.num_classes, batch).tolist()))
             weights = [np.full(s, client_id + 1.0, np.float32) for s in state.client_weight_shapes]
             end = pb.EpochEndRequest(client_id=client_id, epoch=0, examples=10 * (client_id + 1),
@@ -524,14 +524,26 @@ def test_four_splitfed_clients_at_once_leave_a_consistent_state(tmp_path):
         except RpcError:
             pass  # the twin of an accepted submission
 
+    evaluations = []
+
     def evaluate(client_id: int) -> None:
         rng = np.random.default_rng(100 + client_id)
-        for _ in range(steps):
-            activations = rng.uniform(size=(batch, *shape)).astype(np.float32)
+        request = pb.EvaluateRequest(client_id=client_id, activations=protocol.encode(
+            rng.uniform(size=(batch, *shape)).astype(np.float32), "float32"))
+        for _ in range(2000):
+            if len([c for c in evaluations if c == client_id]) == steps:
+                return
             try:
-                state.Evaluate(pb.EvaluateRequest(client_id=client_id, activations=protocol.encode(activations)))
-            except RpcError:
-                pass  # not joined yet
+                outputs = protocol.decode(state.Evaluate(request).outputs, "outputs", "float32", None)
+                assert outputs.shape == (batch, info.num_classes)
+                with lock:
+                    evaluations.append(client_id)
+            except RpcError as error:
+                assert "has not joined" in str(error), str(error)
+                time.sleep(0.005)
+            except Exception as error:  # noqa: BLE001  (reported below with its client)
+                errors.append((client_id, repr(error)))
+                return
 
     threads = [threading.Thread(target=train, args=(c,)) for c in range(clients)]
     threads += [threading.Thread(target=evaluate, args=(c,)) for c in range(clients)]
@@ -540,6 +552,7 @@ def test_four_splitfed_clients_at_once_leave_a_consistent_state(tmp_path):
     for thread in threads:
         thread.join(timeout=300)
     assert not errors
+    assert sorted(evaluations) == sorted(list(range(clients)) * steps)
     assert sorted(ends_accepted) == list(range(clients))  # one submission each; the twins refused
     assert state.epoch == 1 and len(state.history) == 1
     epoch = state.history[0]

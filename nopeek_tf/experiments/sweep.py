@@ -78,7 +78,7 @@ class SweepSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class Defence:
+class SweepPoint:
     """One point of the sweep: a defence at one strength, at one cut."""
 
     kind: str  # "nopeek", "gaussian", "uniform" or "adversary"; alpha 0 is "nopeek" at strength 0
@@ -104,17 +104,17 @@ class Defence:
         return f"NoPeek ({where})"
 
 
-def plan(alphas, gaussian, uniform, cuts, noise_cuts=None, adversary_weights=()) -> list[Defence]:
+def plan(alphas, gaussian, uniform, cuts, noise_cuts=None, adversary_weights=()) -> list[SweepPoint]:
     """The sweep's runs: alpha 0 first at each cut, then NoPeek, the noise baselines (at ``noise_cuts``,
     default all) and attacker-aware training."""
     runs = []
     for cut in cuts:
-        runs.append(Defence("nopeek", 0.0, cut))
-        runs += [Defence("nopeek", alpha, cut) for alpha in alphas if alpha > 0]
+        runs.append(SweepPoint("nopeek", 0.0, cut))
+        runs += [SweepPoint("nopeek", alpha, cut) for alpha in alphas if alpha > 0]
         if noise_cuts is None or cut in noise_cuts:
-            runs += [Defence("gaussian", scale, cut) for scale in gaussian if scale > 0]
-            runs += [Defence("uniform", scale, cut) for scale in uniform if scale > 0]
-        runs += [Defence("adversary", weight, cut) for weight in adversary_weights if weight > 0]
+            runs += [SweepPoint("gaussian", scale, cut) for scale in gaussian if scale > 0]
+            runs += [SweepPoint("uniform", scale, cut) for scale in uniform if scale > 0]
+        runs += [SweepPoint("adversary", weight, cut) for weight in adversary_weights if weight > 0]
     return list(dict.fromkeys(runs))
 
 
@@ -131,14 +131,14 @@ def resolve_cuts(base: TrainConfig, cuts) -> list[str]:
         raise ConfigError(f"--cuts: {error}") from None
 
 
-def plan_settings(settings: SweepSettings) -> list[Defence]:
+def plan_settings(settings: SweepSettings) -> list[SweepPoint]:
     """The runs a SweepSettings asks for."""
     sweep = settings.sweep
     return plan(sweep.alphas, sweep.gaussian_noise, sweep.uniform_noise, resolve_cuts(settings.train, sweep.cuts),
                 resolve_cuts(settings.train, sweep.noise_cuts) if sweep.noise_cuts else None, sweep.adversary_weights)
 
 
-def train_config(base: TrainConfig, defence: Defence, adversary_alpha: float = 0.0) -> TrainConfig:
+def train_config(base: TrainConfig, defence: SweepPoint, adversary_alpha: float = 0.0) -> TrainConfig:
     """The training config of one run (the base's adversary settings apply to attacker-aware runs only)."""
     base = dataclasses.replace(base, adversary_weight=0.0)
     if defence.kind == "adversary":
@@ -176,7 +176,7 @@ def reusable_leakage(model_dir: str, budget: AttackBudget, evaluation: Evaluatio
     return None
 
 
-def result_row(defence: Defence, config: TrainConfig, base: TrainConfig, result: dict) -> dict:
+def result_row(defence: SweepPoint, config: TrainConfig, base: TrainConfig, result: dict) -> dict:
     """One flat row of results.csv (``config``: the run's; ``base``: the sweep's, which names the curve)."""
     row = {"run": defence.name, "defence": defence.kind, "strength": defence.strength, "cut": defence.cut,
            "curve": defence.curve(config if defence.kind == "adversary" else base), "client_width": config.client_width,
@@ -219,7 +219,7 @@ def save_reconstruction_grid(path: str, run_dirs: dict[str, str]) -> None:
     plots.save_image_grid(path, rows, group_titles=attack_names, cell_inches=(0.9, 0.95))
 
 
-def run_sweep(settings: SweepSettings, defences: list[Defence] | None = None, log=print) -> list[dict]:
+def run_sweep(settings: SweepSettings, defences: list[SweepPoint] | None = None, log=print) -> list[dict]:
     """Trains and attacks every defence; writes results.json/csv and both pictures to the sweep dir.
 
     Args:
