@@ -11,19 +11,12 @@ A script's ``--helpshort`` shows these flags with ``flags.adopt_module_key_flags
 """
 
 from nopeek_tf.config.attack import QUICK_BUDGET, QUICK_EVALUATION, AttackBudget, EvaluationConfig
-from nopeek_tf.config.settings import (ConfigError, Settings, changed_settings, check, define_flags, field_names,
-                                       flag_fields, from_flags, given_flags, leaf_fields, parse_image_size, resumable_fields,
-                                       setting, to_json)
-from nopeek_tf.config.train import (BUILT_IN_ARCHITECTURES, DATASET_DEFAULTS, DEFAULT_ARCH_FOR_DATASET, DEFENCE_FIELDS,
-                                    DEFENCES, NOISE_KINDS, OTHER_DATASET_DEFAULTS, RECOMMENDED_DEFENCE, STRATEGIES,
-                                    DataSettings, Defence, DistributionSettings, NetworkSettings,
-                                    OptimisationSettings, ReportingSettings, TrainConfig, default_arch, flag_text)
-
-__all__ = [
-    "QUICK_BUDGET", "QUICK_EVALUATION", "AttackBudget", "EvaluationConfig", "ConfigError", "Settings",
-    "changed_settings", "check", "define_flags", "field_names", "flag_fields", "from_flags", "given_flags", "leaf_fields",
-    "parse_image_size", "resumable_fields", "setting", "to_json", "BUILT_IN_ARCHITECTURES", "DATASET_DEFAULTS",
-    "DEFAULT_ARCH_FOR_DATASET", "DEFENCE_FIELDS", "DEFENCES", "NOISE_KINDS", "OTHER_DATASET_DEFAULTS",
-    "RECOMMENDED_DEFENCE", "STRATEGIES", "DataSettings", "Defence", "DistributionSettings", "NetworkSettings",
-    "OptimisationSettings", "ReportingSettings", "TrainConfig", "default_arch", "flag_text",
-]
+from nopeek_tf.config.settings import (  # noqa: F401  (the front door)
+    ConfigError, Settings, changed_settings, check, define_flags, field_names,
+    flag_fields, from_flags, given_flags, leaf_fields, parse_image_size, resumable_fields,
+    setting, to_json)
+from nopeek_tf.config.train import (  # noqa: F401  (the front door)
+    BUILT_IN_ARCHITECTURES, DATASET_DEFAULTS, DEFAULT_ARCH_FOR_DATASET, DEFENCE_FIELDS,
+    DEFENCES, NOISE_KINDS, OTHER_DATASET_DEFAULTS, RECOMMENDED_DEFENCE, STRATEGIES,
+    DataSettings, Defence, DistributionSettings, NetworkSettings,
+    OptimisationSettings, ReportingSettings, TrainConfig, default_arch, flag_text)
