@@ -267,7 +267,7 @@ def test_server_never_receives_an_image_and_u_shaped_no_label(tmp_path):
 def _code(call, code_name: str, message: str):
     import grpc
 
-    with pytest.raises(grpc.RpcError) as error:
+    with pytest.raises(grpc.StatusError) as error:
         call()
     assert error.value.code().name == code_name, error.value.details()
     assert re.search(message, error.value.details()), error.value.details()
@@ -485,7 +485,8 @@ def test_four_splitfed_clients_at_once_leave_a_consistent_state(tmp_path):
     from nopeek_tf import model_dir as model_dir_lib
     from nopeek_tf.config import TrainConfig
     from nopeek_tf.split_learning.server import settle_config
-    from nopeek_tf.split_learning.server_state import RpcError, ServerState
+    from nopeek_tf.split_learning.protocol import StatusError
+    from nopeek_tf.split_learning.server_state import ServerState
 
     clients, steps, batch = 4, 6, 4
     config, info = settle_config(TrainConfig(dataset="orl_faces", defence="plain", alpha=0.0, epochs=2,
@@ -521,7 +522,7 @@ def test_four_splitfed_clients_at_once_leave_a_consistent_state(tmp_path):
             state.EndEpoch(request)
             with lock:
                 ends_accepted.append(request.client_id)
-        except RpcError:
+        except StatusError:
             pass  # the twin of an accepted submission
 
     evaluations = []
@@ -538,7 +539,7 @@ def test_four_splitfed_clients_at_once_leave_a_consistent_state(tmp_path):
                 assert outputs.shape == (batch, info.num_classes)
                 with lock:
                     evaluations.append(client_id)
-            except RpcError as error:
+            except StatusError as error:
                 assert "has not joined" in str(error), str(error)
                 time.sleep(0.005)
             except Exception as error:  # noqa: BLE001  (reported below with its client)

@@ -27,7 +27,8 @@ from nopeek_tf.config import TrainConfig
 from nopeek_tf.training import data
 
 from . import protocol
-from .server_state import RpcError, ServerState
+from .protocol import StatusError
+from .server_state import ServerState
 
 
 def settle_config(config: TrainConfig, class_names=None) -> tuple[TrainConfig, data.DatasetInfo]:
@@ -39,7 +40,7 @@ def settle_config(config: TrainConfig, class_names=None) -> tuple[TrainConfig, d
 
 
 class _Servicer:
-    """Routes each gRPC method to the server's state machine, turning RpcError into an error status."""
+    """Routes each gRPC method to the server's state machine, turning StatusError into an error status."""
 
     def __init__(self, state: ServerState):
         self.state = state
@@ -52,7 +53,7 @@ class _Servicer:
         def call(request, context):
             try:
                 return method(request)
-            except RpcError as error:
+            except StatusError as error:
                 context.abort(error.code, str(error))
         return call
 

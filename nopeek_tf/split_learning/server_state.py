@@ -4,7 +4,7 @@ Every change happens under one lock (:attr:`ServerState.lock`, a condition that 
 the server half's steps included, so a step, an evaluation and an epoch's end from different clients never
 interleave: each client's step numbers advance once per applied step, and an epoch's average is over
 exactly the halves submitted in it. The gRPC servicer (:mod:`nopeek_tf.split_learning.server`) only turns
-calls into these methods and :class:`RpcError` into an error status.
+calls into these methods and :class:`StatusError` into an error status.
 """
 
 from __future__ import annotations
@@ -30,15 +30,11 @@ from nopeek_tf.training import data, loop
 from . import protocol
 from . import split_training_pb2 as pb
 from .halves import ServerHalf, server_part
-from .protocol import ProtocolError
+from .protocol import ProtocolError, StatusError
 
 STATE_FILE = "split_state.json"  # in the checkpoint folder: finished epochs and the epochs' logs
 CLIENT_WEIGHTS_FILE = "client_half.npz"  # in the checkpoint folder: the client half the server hands out
 TURN_POLL_SECONDS = 0.5
-
-
-class RpcError(protocol.StatusError):
-    """An answer with an error status: ``code`` (a grpc.StatusCode) and the text naming the problem."""
 
 
 @dataclasses.dataclass
@@ -131,46 +127,46 @@ class ServerState:
 
     def _valid_id(self, client_id: int) -> None:
         if not 0 <= client_id < self.num_clients:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown client id {client_id}: this server trains "
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown client id {client_id}: this server trains "
                            f"clients 0..{self.num_clients - 1} (--num_clients={self.num_clients})")
 
     def _known(self, client_id: int) -> None:
         self._valid_id(client_id)
         if client_id not in self.expected_step:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"client {client_id} has not joined: call Join first")
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"client {client_id} has not joined: call Join first")
         self.last_seen[client_id] = time.time()
 
     def _in_epoch(self, client_id: int) -> None:
         if self.epoch >= self.config.epochs:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "training is finished")
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, "training is finished")
         if client_id in self.done or client_id in self.skipped:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"client {client_id} has no turn in epoch "
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"client {client_id} has no turn in epoch "
                            f"{self.epoch + 1} ({'finished it' if client_id in self.done else 'timed out'})")
         if self.schedule == "sequential" and self._holder() != client_id:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"not client {client_id}'s turn "
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"not client {client_id}'s turn "
                            f"(client {self._holder()} trains now)")
 
     def _step_number(self, client_id: int, step: int) -> None:
         expected = self.expected_step[client_id]
         if step < expected:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"stale step {step}: client {client_id}'s next "
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"stale step {step}: client {client_id}'s next "
                            f"step is {expected}")
         if step > expected:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"step {step} out of order: client {client_id}'s next "
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"step {step} out of order: client {client_id}'s next "
                            f"step is {expected}")
 
     def _activations(self, tensor) -> np.ndarray:
         try:
             return protocol.decode(tensor, "activations", self.settings.wire, self.activation_shape)
         except ProtocolError as error:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
 
     def _training_activations(self, request, layout: str, other_layout: str) -> np.ndarray:
         """The checks a training call starts with (a joined client, ``layout``, its turn); its activations.
         ``other_layout``: the error text for a run in the other layout. Called under the lock."""
         self._known(request.client_id)
         if self.settings.layout != layout:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, other_layout)
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, other_layout)
         self._in_epoch(request.client_id)
         return self._activations(request.activations)
 
@@ -184,7 +180,7 @@ class ServerState:
         self._valid_id(request.client_id)
         differences = protocol.disagreements(request.config_json, self.agreement)
         if differences:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"client {request.client_id} and the server "
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"client {request.client_id} and the server "
                            f"disagree: {'; '.join(differences)}")
         with self.lock:
             self.expected_step[request.client_id] = int(request.next_step)
@@ -232,10 +228,10 @@ class ServerState:
                 request, "plain", "Step is the plain layout's; this run is U-shaped (Forward, then Backward)")
             labels = np.asarray(request.labels, np.int32)
             if len(labels) != len(activations):
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{len(labels)} labels for {len(activations)} "
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"{len(labels)} labels for {len(activations)} "
                                "activations")
             if len(labels) and (labels.min() < 0 or labels.max() >= self.info.num_classes):
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be 0..{self.info.num_classes - 1}, "
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be 0..{self.info.num_classes - 1}, "
                                f"got {labels.min()}..{labels.max()}")
             self._step_number(request.client_id, request.step)
             gradient, loss, correct = self.half.plain_step(activations, labels)
@@ -266,14 +262,14 @@ class ServerState:
             self._in_epoch(request.client_id)
             step, tape, batch = self.pending.get(request.client_id, (None, None, 0))
             if step != request.step:
-                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"stale step {request.step}: client "
+                raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"stale step {request.step}: client "
                                f"{request.client_id} has no forward pass of that step waiting")
             try:
                 gradient = protocol.decode(request.gradient, "gradient", self.settings.wire, self.half.output_shape)
             except ProtocolError as error:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
             if len(gradient) != batch:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"gradient for {len(gradient)} examples; the "
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"gradient for {len(gradient)} examples; the "
                                f"forward pass had {batch}")
             del self.pending[request.client_id]
             cut_gradient = self.half.backward(tape, gradient)
@@ -296,9 +292,9 @@ class ServerState:
             try:
                 weights = protocol.decode_weights(request.client_weights, self.client_weight_shapes)
             except ProtocolError as error:
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
             if request.epoch != self.epoch:
-                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"stale epoch {request.epoch + 1}: the server "
+                raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"stale epoch {request.epoch + 1}: the server "
                                f"is at epoch {self.epoch + 1}")
             self._in_epoch(request.client_id)
             if self.schedule == "sequential":
