@@ -67,7 +67,7 @@ def layer_breakdown(model_dir: str, runs: int, warmup: int, log=print) -> list[d
     from nopeek_tf import model_dir as model_dir_lib
     from nopeek_tf.device.litert import LiteRTModel
 
-    from .export import convert_client
+    from .tflite import convert_client
 
     split, _ = model_dir_lib.load(model_dir)
     client = split.client
