@@ -14,6 +14,7 @@ No TensorFlow here, so ``--help`` stays fast.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -84,11 +85,14 @@ class Settings:
         return cls(**kept)
 
 
-
 # --- Deriving flags, checks and JSON from the fields ------------------------------------------
 
-def leaf_fields(config_class) -> list[tuple[dataclasses.Field, Any]]:
-    """The leaf fields of ``config_class`` and their type hints: a part's fields in place of the part."""
+@functools.cache
+def leaf_fields(config_class) -> tuple[tuple[dataclasses.Field, Any], ...]:
+    """The leaf fields of ``config_class`` and their type hints: a part's fields in place of the part.
+
+    Cached per class (a class's fields do not change), since every construction and check reads them.
+    """
     hints = typing.get_type_hints(config_class)
     fields = []
     for field in dataclasses.fields(config_class):
@@ -97,7 +101,7 @@ def leaf_fields(config_class) -> list[tuple[dataclasses.Field, Any]]:
             fields.extend(leaf_fields(hint))
         else:
             fields.append((field, hint))
-    return fields
+    return tuple(fields)
 
 
 def is_part(hint) -> bool:

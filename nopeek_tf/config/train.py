@@ -190,7 +190,8 @@ class ReportingSettings(Settings):
 _PARTS: dict[str, type] = {"data": DataSettings, "network": NetworkSettings, "protection": Defence,
                            "optimisation": OptimisationSettings, "distribution": DistributionSettings,
                            "reporting": ReportingSettings}
-_OWNER: dict[str, str] = {name: part for part, part_class in _PARTS.items() for name in field_names(part_class)}
+_PART_FIELDS: dict[str, tuple[str, ...]] = {part: tuple(field_names(part_class)) for part, part_class in _PARTS.items()}
+_OWNER: dict[str, str] = {name: part for part, names in _PART_FIELDS.items() for name in names}
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -217,7 +218,7 @@ class TrainConfig(Settings):
             value = values.get(part, part_class())
             if not isinstance(value, part_class):
                 raise TypeError(f"TrainConfig's {part} must be a {part_class.__name__}, got {type(value).__name__}")
-            own = {name: values[name] for name in field_names(part_class) if name in values}
+            own = {name: values[name] for name in _PART_FIELDS[part] if name in values}
             object.__setattr__(self, part, dataclasses.replace(value, **own) if own else value)
 
     def __getattr__(self, name: str) -> Any:
