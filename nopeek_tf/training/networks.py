@@ -16,13 +16,18 @@ from nopeek_tf.core import split as split_lib
 from nopeek_tf.training import data
 
 
+def _built_in_cut(arch: str, cut: str) -> str:
+    """A built-in architecture's cut by name ("auto": its default); ConfigError naming --cut."""
+    try:
+        return models.resolve_cut(arch, cut)
+    except ValueError as error:
+        raise ConfigError(f"--cut: {error}") from None
+
+
 def check_network(config: TrainConfig) -> None:
     """The checks that need the network's definition: a built-in arch's cut, a keras.applications name."""
     if config.arch in BUILT_IN_ARCHITECTURES:
-        try:
-            models.resolve_cut(config.arch, config.cut)
-        except ValueError as error:
-            raise ConfigError(f"--cut: {error}") from None
+        _built_in_cut(config.arch, config.cut)
     elif config.arch != "auto" and not config.model_file:
         if config.arch[:1].islower() or not callable(getattr(keras.applications, config.arch, None)):
             raise ConfigError(f"--arch: unknown architecture {config.arch!r}; choose auto, one of "
@@ -35,11 +40,7 @@ def with_arch(config: TrainConfig, image_shape: Sequence[int]) -> TrainConfig:
     if config.user_model:
         return config
     arch = config.arch if config.arch != "auto" else default_arch(config.dataset, image_shape)
-    try:
-        cut = models.resolve_cut(arch, config.cut)
-    except ValueError as error:
-        raise ConfigError(f"--cut: {error}") from None
-    return config.replace(arch=arch, cut=cut)
+    return config.replace(arch=arch, cut=_built_in_cut(arch, config.cut))
 
 
 def resolve_network(config: TrainConfig, image_shape: Sequence[int], num_classes: int) -> TrainConfig:
