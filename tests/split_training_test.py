@@ -267,7 +267,7 @@ def test_server_never_receives_an_image_and_u_shaped_no_label(tmp_path):
 def _code(call, code_name: str, message: str):
     import grpc
 
-    with pytest.raises(grpc.StatusError) as error:
+    with pytest.raises(grpc.RpcError) as error:
         call()
     assert error.value.code().name == code_name, error.value.details()
     assert re.search(message, error.value.details()), error.value.details()
