@@ -45,7 +45,6 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script, so that tests can import this module)."""
     config_lib.define_flags(ExportConfig)
-    flags.adopt_module_key_flags(config_lib)
 
 
 def main(argv):

@@ -15,6 +15,9 @@ import sys
 import tempfile
 import warnings
 
+# The module name every settings flag is defined under (nopeek_tf.config's dataclass fields).
+SETTINGS_FLAGS_MODULE = "nopeek_tf.config"
+
 
 @contextlib.contextmanager
 def quiet_native_output():
@@ -104,9 +107,11 @@ def run_absl_cli(define_flags, main, needs_tensorflow: bool = True) -> None:
                  f"pip install 'nopeek-tf[train]'")
     define_flags()
     # --help lists the main module's key flags; a console script's main module is its launcher, not this one.
+    # The settings' flags (nopeek_tf.config's dataclass fields) are key flags of every script that defines them.
     flag_values = flags.FLAGS
-    for flag in flag_values.get_key_flags_for_module(sys.modules[define_flags.__module__]):
-        flag_values.register_key_flag_for_module(sys.argv[0], flag)
+    for module in (define_flags.__module__, SETTINGS_FLAGS_MODULE):
+        for flag in flag_values.get_key_flags_for_module(module):
+            flag_values.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
 
 

@@ -39,7 +39,6 @@ def define_flags() -> None:
                       "training images, small decoders) for comparing defences; the given flags still apply.")
     config_lib.define_flags(config_lib.AttackBudget)
     config_lib.define_flags(config_lib.EvaluationConfig)
-    flags.adopt_module_key_flags(config_lib)
 
 
 def main(argv):

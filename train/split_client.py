@@ -31,7 +31,6 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script, so that tests can import this module)."""
     protocol.define_flags(protocol.ClientSettings)
-    flags.adopt_module_key_flags(config_lib)
     flags.DEFINE_string("model_dir", None, "Output folder of this client (default runs/split_client<id>).")
 
 

@@ -37,7 +37,6 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script, so that tests can import this module)."""
     protocol.define_flags(protocol.ServerSettings)
-    flags.adopt_module_key_flags(config_lib)
     flags.DEFINE_string("model_dir", "runs/split_server", "Output folder of the server's half.")
     flags.DEFINE_list("class_names", None, "For --dataset=folder: the class names (the server reads no images).")
 

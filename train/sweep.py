@@ -44,7 +44,6 @@ def define_flags() -> None:
     config_lib.define_flags(config_lib.TrainConfig, include_swept=False)
     config_lib.define_flags(config_lib.AttackBudget)
     config_lib.define_flags(config_lib.EvaluationConfig)
-    flags.adopt_module_key_flags(config_lib)
 
 
 def load_config_module(name: str):

@@ -43,7 +43,6 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script, so that tests can import this module)."""
     config_lib.define_flags(config_lib.TrainConfig)
-    flags.adopt_module_key_flags(config_lib)
     flags.DEFINE_string("model_dir", None, "Output folder (default runs/<dataset>_<arch>_<cut>_alpha<alpha>).")
     flags.DEFINE_bool("list_cuts", False, "List the valid cuts of --model_file (or of --arch) with the activation "
                       "shape, the values sent and the client's share of the FLOPs, then exit.")

@@ -7,7 +7,7 @@
   :class:`DistributionSettings`, :class:`ReportingSettings`), and the measured recommendations.
 * :mod:`nopeek_tf.config.attack`: :class:`AttackBudget`, :class:`EvaluationConfig` and the quick budget.
 
-A script's ``--helpshort`` shows these flags with ``flags.adopt_module_key_flags(nopeek_tf.config)``.
+A script run by :func:`nopeek_tf.runtime.run_absl_cli` lists these flags in its ``--helpshort``.
 """
 
 from nopeek_tf.config.attack import QUICK_BUDGET, QUICK_EVALUATION, AttackBudget, EvaluationConfig

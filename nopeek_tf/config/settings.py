@@ -20,8 +20,10 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-# The module that owns every settings flag (scripts adopt it: ``flags.adopt_module_key_flags(nopeek_tf.config)``).
-FLAGS_MODULE = "nopeek_tf.config"
+from nopeek_tf import runtime
+
+# The module that owns every settings flag (a script's --helpshort lists them: runtime.run_absl_cli).
+FLAGS_MODULE = runtime.SETTINGS_FLAGS_MODULE
 
 
 class ConfigError(ValueError):
@@ -135,7 +137,7 @@ def define_flags(config_class, include_swept: bool = True, flag_values=None) -> 
 
     Checks are not absl validators: :func:`check` raises one-line ConfigErrors
     after parsing, so that a bad value reads the same from a script and a test.
-    A script shows them in ``--helpshort`` with ``flags.adopt_module_key_flags(nopeek_tf.config)``.
+    A script run by :func:`nopeek_tf.runtime.run_absl_cli` lists them in its ``--helpshort``.
     """
     from absl import flags
 

@@ -41,8 +41,7 @@ def check_split_config(config: config_lib.TrainConfig) -> None:
 
 def define_flags(side_settings: type) -> None:
     """Defines the flags of a split program: train.train's training flags, :class:`SplitSettings` and its
-    side's own (:class:`ServerSettings` or :class:`ClientSettings`). Its ``--help`` shows them with
-    ``flags.adopt_module_key_flags(nopeek_tf.config)``."""
+    side's own (:class:`ServerSettings` or :class:`ClientSettings`)."""
     for settings_class in (config_lib.TrainConfig, SplitSettings, side_settings):
         config_lib.define_flags(settings_class)
 

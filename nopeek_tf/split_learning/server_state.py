@@ -39,10 +39,10 @@ TURN_POLL_SECONDS = 0.5
 
 @dataclasses.dataclass
 class EpochRecord:
-    """What the server saw in one epoch (summed over its clients)."""
+    """What the server saw in one epoch (summed over its clients): the task's loss and accuracy (the plain
+    layout's, where the server has the labels), the examples and steps, the bytes each way."""
 
-    loss_sum: float = 0.0
-    correct: int = 0
+    task: loop.EpochLogs = dataclasses.field(default_factory=loop.EpochLogs)
     examples: int = 0
     steps: int = 0
     bytes_received: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -238,8 +238,8 @@ class ServerState:
             self.expected_step[request.client_id] += 1
             response = pb.StepResponse(gradient=protocol.encode(gradient, self.settings.wire), loss=loss,
                                        correct=correct)
-            self.record.loss_sum += loss * len(labels)
-            self.record.correct += correct
+            self.record.task.add({"loss": loss, "correct": correct, "count": len(labels), "dcor": 0.0,
+                                  "dcor_weight": 0.0})
             self.record.examples += len(labels)
             self.record.steps += 1
             self._count(request.client_id, request, response)
@@ -366,9 +366,8 @@ class ServerState:
         self.history.append({
             "epoch": self.epoch + 1, "seconds": round(time.time() - record.started, 3), "steps": record.steps,
             "examples": record.examples, "clients_trained": sorted(self.done), "clients_left_out": sorted(self.skipped),
-            "train_loss": record.loss_sum / record.examples if record.examples and record.loss_sum else None,
-            "train_accuracy": record.correct / record.examples if record.examples and self.settings.layout == "plain"
-            else None,
+            "train_loss": record.task.as_dict()["loss"] if record.task.count else None,
+            "train_accuracy": record.task.as_dict()["accuracy"] if record.task.count else None,
             "bytes_received": {str(k): v for k, v in sorted(record.bytes_received.items())},
             "bytes_sent": {str(k): v for k, v in sorted(record.bytes_sent.items())}})
         self.epoch += 1
