@@ -29,13 +29,15 @@ from nopeek_tf import training
 from nopeek_tf.config import ConfigError, TrainConfig
 from nopeek_tf.core import models
 from nopeek_tf.core.dcor import mean_batch_dcor
+from nopeek_tf.device.bound import bits_text
 from nopeek_tf.training import data, loop
 
+from . import guard as guard_lib
+from .accounting import SendLog, Traffic, traffic_report
 from . import protocol
 from . import split_training_pb2 as pb
 from .halves import server_part
 
-STEP_METHODS = ("Step", "Forward", "Backward")
 UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 STEP_TIMEOUT_SECONDS = 120.0
 TURN_WAIT_SECONDS = 10.0
@@ -51,23 +53,6 @@ class SplitClientError(RuntimeError):
 
 class ConnectionLost(protocol.StatusError):
     """The server failed a call mid-epoch (restarted, or moved on without this client): rejoin."""
-
-
-@dataclasses.dataclass
-class Traffic:
-    """Bytes this client sent and received (serialized gRPC messages), and the steps they carried."""
-
-    sent: int = 0
-    received: int = 0
-    steps: int = 0
-    step_bytes: int = 0  # of the training steps' messages alone (activations, labels, gradients)
-
-    def add(self, method: str, request, response) -> None:
-        sent, received = request.ByteSize(), response.ByteSize()
-        self.sent += sent
-        self.received += received
-        if method in STEP_METHODS:
-            self.step_bytes += sent + received
 
 
 class SplitClient:
@@ -102,6 +87,10 @@ class SplitClient:
             self.head_optimizer.build(self.head.trainable_variables)
         self.shared_weights = self.split.client.weights + (self.head.weights if self.head is not None else [])
         self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.peer_key = protocol.read_peer_key(settings.peer_key_file) if settings.peer_key_file else None
+        self.guard = guard_lib.HijackGuard(every=settings.hijack_check_every)
+        self.own_last_half: tuple[int, int] | None = None  # (epoch, sender) of this client's last submission
+        self.schedule = "sequential"  # the server's, from Join
 
         train = self.run.raw.train
         if settings.num_shards > 1:
@@ -118,6 +107,9 @@ class SplitClient:
         self.checkpoints = loop.Checkpoints(os.path.join(self.run.model_dir, model_dir_lib.CHECKPOINT_DIR),
                                             parts=parts)
         self.epochs_finished = self.checkpoints.restore()
+        noise = self.split.device_noise
+        self.sends = SendLog(self.checkpoints.directory, int(np.prod(self.split.activation_shape)),
+                             split_settings.wire, noise.stddev if noise else 0.0, noise.clip if noise else None)
         self.history: list[dict] = []
         self.traffic = Traffic()
         self._error: Exception | None = None
@@ -142,7 +134,7 @@ class SplitClient:
 
     # --- Calls --------------------------------------------------------------------------------
 
-    def _call(self, method: str, request, timeout: float = STEP_TIMEOUT_SECONDS):
+    def _call(self, method: str, request, timeout: float = STEP_TIMEOUT_SECONDS, probe: bool = False):
         try:
             response = getattr(self.stub, method)(request, timeout=timeout)
         except grpc.RpcError as error:
@@ -150,7 +142,7 @@ class SplitClient:
             if code in FATAL_CODES:
                 raise SplitClientError(f"the server refused {method}: {error.details()}") from None
             raise ConnectionLost(code, f"{method}: {code.name if code else 'UNKNOWN'}: {error.details()}") from None
-        self.traffic.add(method, request, response)
+        self.traffic.add(method, request, response, probe)
         return response
 
     def join(self) -> pb.JoinResponse:
@@ -161,6 +153,7 @@ class SplitClient:
         for attempt in range(self.settings.connect_retries + 1):
             try:
                 response = self._call("Join", request, timeout=30.0)
+                self.schedule = response.schedule
                 self.log(f"client {self.client_id}: joined {self.settings.server} ({response.schedule}, "
                          f"{response.num_clients} clients, {response.epochs_finished} epochs done)")
                 return response
@@ -247,15 +240,41 @@ class SplitClient:
                 gradient = protocol.decode(backward.gradient, "gradient", wire)
                 correct = int(np.sum(np.argmax(logits.numpy(), -1) == labels))
                 loss = float(loss)
+            self.next_step.assign_add(1)
+            self.traffic.steps += 1
+            if self.guard.due():
+                self.guard.record(step, gradient, self._probe(step + 1, activations, labels))
+                self.next_step.assign_add(1)
         except (ConnectionLost, SplitClientError) as error:
             self._error = error
             raise
+        except guard_lib.HijackDetected as error:
+            self._error = SplitClientError(f"client {self.client_id}: {error}")
+            raise self._error from None
         except protocol.ProtocolError as error:  # the server answered something this client cannot use
             self._error = SplitClientError(f"the server's answer to step {step}: {error}")
             raise self._error from None
-        self.next_step.assign_add(1)
-        self.traffic.steps += 1
         return gradient, np.float32(loss), np.float32(correct)
+
+    def _probe(self, step: int, activations, labels: np.ndarray) -> np.ndarray:
+        """The hijack probe (:mod:`guard`): the same activations with every label changed; the server's
+        gradient at the cut for them, applied nowhere on this client."""
+        wire, changed = self.split_settings.wire, guard_lib.changed_labels(labels, self.run.raw.info.num_classes,
+                                                                          self.guard.rng)
+        if self.head is None:
+            response = self._call("Step", pb.StepRequest(client_id=self.client_id, step=step,
+                                                         activations=activations, labels=changed), probe=True)
+            return protocol.decode(response.gradient, "gradient", wire)
+        forward = self._call("Forward", pb.ForwardRequest(client_id=self.client_id, step=step,
+                                                          activations=activations), probe=True)
+        outputs = tf.constant(protocol.decode(forward.outputs, "outputs", wire))
+        with tf.GradientTape() as tape:
+            tape.watch(outputs)
+            loss = self.cross_entropy(changed, self.head(outputs, training=True))
+        backward = self._call("Backward", pb.BackwardRequest(
+            client_id=self.client_id, step=step, gradient=protocol.encode(tape.gradient(loss, outputs).numpy(), wire)),
+            probe=True)
+        return protocol.decode(backward.gradient, "gradient", wire)
 
     def train_step(self, images, labels) -> dict:
         """One step; ConnectionLost or SplitClientError when the server call fails (nothing is applied then)."""
@@ -278,15 +297,25 @@ class SplitClient:
 
     # --- Epochs -------------------------------------------------------------------------------
 
-    def set_shared_weights(self, tensors) -> None:
-        """Loads the client half (and head) the server hands over."""
-        shapes = [tuple(weight.shape) for weight in self.shared_weights]
-        for variable, value in zip(self.shared_weights, protocol.decode_weights(tensors, shapes)):
+    def set_shared_weights(self, turn: pb.TurnResponse) -> None:
+        """Loads the client half (and head) a turn hands over (:func:`guard.handed_over_weights`: with
+        ``--peer_key_file`` only halves signed by the clients); SplitClientError naming a refused half.
+
+        Only weights are loaded: the architecture, the bounded last layer, the clip and the noise are this
+        client's own code and flags, so nothing handed over changes the bound on what it sends."""
+        try:
+            weights = guard_lib.handed_over_weights(turn, [tuple(w.shape) for w in self.shared_weights],
+                                                    self.peer_key, self.schedule, self.own_last_half)
+        except guard_lib.HandOverRefused as error:
+            raise SplitClientError(f"client {self.client_id}: {error}") from None
+        for variable, value in zip(self.shared_weights, weights or ()):
             variable.assign(value)
 
     def train_epoch(self, epoch: int, before: Traffic) -> dict:
         """Trains ``epoch`` on this client's shard; returns its logs (traffic counted from ``before``)."""
         started = time.time()
+        self.sends.epoch_started(epoch, min([s.scale_at(epoch) for s in self.schedules
+                                             if s.layer == models.DEVICE_NOISE_NAME], default=1.0))
         logs = loop.EpochLogs()
         shown = time.time()
         for index, (images, labels) in enumerate(self._stream_for(epoch)):
@@ -299,15 +328,18 @@ class SplitClient:
                          f"{shown - started:.0f}s - loss: {logs.as_dict()['loss']:.4f}")
         self.refresh_batch_norm()
         means = logs.as_dict()
-        weights = protocol.encode_weights([keras.ops.convert_to_numpy(w) for w in self.shared_weights])
-        self._call("EndEpoch", pb.EpochEndRequest(client_id=self.client_id, epoch=epoch, client_weights=weights,
-                                                  examples=self.examples, loss=means["loss"],
-                                                  accuracy=means["accuracy"]))
+        values = [keras.ops.convert_to_numpy(w).astype(np.float32) for w in self.shared_weights]
+        self._call("EndEpoch", pb.EpochEndRequest(
+            client_id=self.client_id, epoch=epoch, client_weights=protocol.encode_weights(values),
+            examples=self.examples, loss=means["loss"], accuracy=means["accuracy"],
+            weights_tag=guard_lib.sign_half(self.peer_key, self.client_id, epoch, self.examples, values)))
+        self.own_last_half = (epoch, self.client_id)
         seconds = time.time() - started
         record = {"epoch": epoch + 1, "seconds": round(seconds, 3), "steps": self.traffic.steps - before.steps,
                   "bytes_sent": self.traffic.sent - before.sent,
                   "bytes_received": self.traffic.received - before.received,
                   "step_bytes": self.traffic.step_bytes - before.step_bytes,
+                  "probe_bytes": self.traffic.probe_bytes - before.probe_bytes,
                   **{f"train_{key}": value for key, value in means.items()}}
         self.history.append(record)
         self.checkpoints.save(epoch + 1)
@@ -322,8 +354,7 @@ class SplitClient:
         while True:
             before = dataclasses.replace(self.traffic)  # the epoch's traffic includes the weights handed over
             turn = self.await_turn()
-            if turn.client_weights:
-                self.set_shared_weights(turn.client_weights)
+            self.set_shared_weights(turn)
             if turn.done:
                 return turn
             try:
@@ -355,18 +386,6 @@ class SplitClient:
         return {"test_accuracy": correct / count, "test_loss": loss_sum / count, "test_dcor": test_dcor,
                 "dcor_batch_size": dcor_batch_size}
 
-    def traffic_report(self) -> dict:
-        """Bytes per step and per epoch on the network, beside what federated averaging would send."""
-        epochs = [record for record in self.history if record["steps"]]
-        per_epoch = (sum(r["bytes_sent"] + r["bytes_received"] for r in epochs) / len(epochs)) if epochs else None
-        steps = sum(r["steps"] for r in epochs)
-        step_bytes = sum(r["step_bytes"] for r in epochs)
-        parameters = sum(int(np.prod(w.shape)) for w in self.split.client.weights + self.split.server.weights)
-        return {"bytes_per_epoch": per_epoch, "bytes_per_step": step_bytes / steps if steps else None,
-                "client_half_bytes": 4 * sum(int(np.prod(w.shape)) for w in self.shared_weights),
-                # FedAvg: each round a client downloads and uploads the whole model in float32.
-                "fedavg_bytes_per_round": 2 * 4 * parameters}
-
     def finish(self) -> dict:
         """Evaluates, leaves the server, writes client.keras and metrics.json; returns the metrics."""
         evaluation = self.evaluate()
@@ -379,11 +398,16 @@ class SplitClient:
             "split_side": "client", "client_id": self.client_id, "shard": self.settings.shard,
             "num_shards": self.settings.num_shards, "train_examples": self.examples,
             **training.model_metrics(self.config, self.split, self.run.raw.info, self.split_settings.wire),
-            "epochs_history": self.history, **self.traffic_report()}
+            "epochs_history": self.history, **self.guard.report(), **self.sends.report(),
+            **traffic_report(self.history, sum(int(np.prod(w.shape)) for w in self.shared_weights),
+                             sum(int(np.prod(w.shape)) for w in self.split.client.weights + self.split.server.weights))}
         model_dir_lib.save_model(self.run.model_dir, self.client_model, metrics,
                                  model_file=model_dir_lib.CLIENT_MODEL_FILE)
         self.log(f"client {self.client_id}: test accuracy {metrics['test_accuracy']:.4f} (both halves, over the "
                  f"service), test dCor {metrics['test_dcor']:.4f}; wrote {self.run.model_dir}")
+        self.log(f"client {self.client_id}: each training image was sent {metrics['training_sends_per_image']} "
+                 f"times: at most {bits_text(metrics['training_bits_per_image'])} bits about it reached the server"
+                 + ("" if self.split.device_noise else " (no device noise: only the wire limits it)"))
         return metrics
 
 

@@ -7,8 +7,11 @@ messages (split_training.proto). Both programs use the same functions, so an enc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import math
+import os
 
 import numpy as np
 
@@ -115,6 +118,14 @@ class ClientSettings(config_lib.Settings):
     ca_file: str | None = setting(None, "CA certificate (PEM) of the server: turns TLS on.")
     client_cert: str | None = setting(None, "Client certificate (PEM) for mutual TLS (with --client_key).")
     client_key: str | None = setting(None, "Client key (PEM) for mutual TLS.")
+    peer_key_file: str | None = setting(None, "A secret file the clients share and the server never sees: each "
+                                        "client half that passes through the server is tagged with an HMAC "
+                                        "of it, and a half whose tag does not verify is refused (the "
+                                        "clients average the signed halves themselves under splitfed).")
+    hijack_check_every: int = setting(10, "Probe the server about once per this many steps: resend a batch with "
+                                      "every label changed and stop with a 'hijack' error when its answer "
+                                      "does not change (a server training its own loss); 0: never.",
+                                      minimum=0)
 
     def validate(self) -> None:
         """Checks every field; raises ConfigError naming the flag."""
@@ -219,6 +230,44 @@ def decode_weights(tensors, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
         if tuple(weight.shape) != tuple(shape):
             raise ProtocolError(f"client weights: shape {list(weight.shape)} where the client half has {list(shape)}")
     return weights
+
+
+# --- Hand-overs the server cannot forge ---------------------------------------------------------
+
+PEER_KEY_MIN_BYTES = 16
+
+
+def read_peer_key(path: str) -> bytes:
+    """The clients' shared secret (``--peer_key_file``): the file's bytes; ConfigError naming the flag when it
+    cannot be read or is too short to be a key."""
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as error:
+        raise config_lib.ConfigError(f"--peer_key_file {path}: cannot read it ({error.strerror or error})") from None
+    if len(key) < PEER_KEY_MIN_BYTES:
+        raise config_lib.ConfigError(f"--peer_key_file {path}: {len(key)} bytes; a key needs at least "
+                                     f"{PEER_KEY_MIN_BYTES} (e.g. head -c 32 /dev/urandom | base64 > {path})")
+    return key
+
+
+def new_peer_key(path: str) -> None:
+    """Writes a fresh random key for ``--peer_key_file`` (mode 0600)."""
+    with open(path, "w") as f:
+        f.write(os.urandom(32).hex())
+    os.chmod(path, 0o600)
+
+
+def half_tag(key: bytes, sender: int, epoch: int, examples: int, weights: list[np.ndarray]) -> bytes:
+    """HMAC-SHA256 of a client half: its sender, epoch, example count and every weight (shape and float32
+    bytes), so that a half cannot be altered, replaced, replayed from another epoch or passed off as another
+    client's without the key."""
+    digest = hmac.new(key, f"nopeek-split-half|{int(sender)}|{int(epoch)}|{int(examples)}".encode(), hashlib.sha256)
+    for weight in weights:
+        weight = np.ascontiguousarray(weight, np.dtype("<f4"))
+        digest.update(f"|{list(weight.shape)}|".encode())
+        digest.update(weight.tobytes())
+    return digest.digest()
 
 
 # --- gRPC methods -------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ class _Servicer:
 
 def serve(config: TrainConfig, split_settings: protocol.SplitSettings, server_settings: protocol.ServerSettings,
           model_dir: str, credentials=None, log: Callable[[str], None] = print, class_names=None,
-          ready: Callable[[int], None] | None = None, interceptors=()) -> dict:
+          ready: Callable[[int], None] | None = None, interceptors=(), make_state: Callable[..., ServerState] = ServerState
+          ) -> dict:
     """Runs the split server until every epoch is trained and the clients are done; writes ``model_dir``.
 
     Args:
@@ -73,14 +74,16 @@ def serve(config: TrainConfig, split_settings: protocol.SplitSettings, server_se
       class_names: for a folder dataset, which the server cannot read.
       ready: called with the bound port once the server listens.
       interceptors: grpc.ServerInterceptors (a test's recorder of every message).
+      make_state: builds the state machine from ServerState's arguments (an attacking server's:
+        :mod:`nopeek_tf.adversary`).
 
     Returns:
       The server's metrics.json.
     """
     config, info = settle_config(config, class_names)
     model_dir_lib.prepare(model_dir, config)
-    state = ServerState(config, info, split_settings, server_settings.num_clients, server_settings.schedule,
-                        server_settings.client_timeout_seconds, model_dir, log)
+    state = make_state(config, info, split_settings, server_settings.num_clients, server_settings.schedule,
+                       server_settings.client_timeout_seconds, model_dir, log=log)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * server_settings.num_clients + 4),
                          options=protocol.CHANNEL_OPTIONS, interceptors=tuple(interceptors))
     server.add_generic_rpc_handlers((protocol.generic_handler(_Servicer(state)),))

@@ -34,6 +34,7 @@ from .protocol import ProtocolError, StatusError
 
 STATE_FILE = "split_state.json"  # in the checkpoint folder: finished epochs and the epochs' logs
 CLIENT_WEIGHTS_FILE = "client_half.npz"  # in the checkpoint folder: the client half the server hands out
+HANDED_HALVES_FILE = "signed_halves.pb"  # in the checkpoint folder: the signed halves behind it, as relayed
 TURN_POLL_SECONDS = 0.5
 
 
@@ -88,6 +89,8 @@ class ServerState:
         self.done: set[int] = set()
         self.skipped: set[int] = set()
         self.submitted: dict[int, tuple[list[np.ndarray], int]] = {}
+        self.submitted_halves: dict[int, pb.SignedHalf] = {}  # this epoch's, as their senders signed them
+        self.handed_halves: list[pb.SignedHalf] = []  # behind client_weights: relayed, never re-signed
         self.pending: dict[int, tuple[int, object, int]] = {}  # U-shaped: client -> (step, forward tape, batch)
         self.left: set[int] = set()
         self.turn_started = time.time()
@@ -111,6 +114,10 @@ class ServerState:
             if os.path.exists(weights_path):
                 with np.load(weights_path) as saved:
                     self.client_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
+            halves_path = os.path.join(self.checkpoints.directory, HANDED_HALVES_FILE)
+            if os.path.exists(halves_path):
+                with open(halves_path, "rb") as f:
+                    self.handed_halves = list(pb.TurnResponse.FromString(f.read()).peer_halves)
             self.log(f"resumed after epoch {self.epoch} from {self.checkpoints.directory}")
 
     def save(self) -> None:
@@ -119,6 +126,8 @@ class ServerState:
             with files.atomic_path(os.path.join(self.checkpoints.directory, CLIENT_WEIGHTS_FILE)) as path:
                 with open(path, "wb") as f:
                     np.savez(f, **{f"w{i}": weight for i, weight in enumerate(self.client_weights)})
+            files.write_bytes(os.path.join(self.checkpoints.directory, HANDED_HALVES_FILE),
+                              pb.TurnResponse(peer_halves=self.handed_halves).SerializeToString())
         self.checkpoints.save(self.epoch)
         files.write_json(os.path.join(self.checkpoints.directory, STATE_FILE),
                          {"epoch": self.epoch, "history": self.history})
@@ -201,16 +210,11 @@ class ServerState:
                 self.last_seen[request.client_id] = time.time()
                 self._expire(time.time())
                 if self.epoch >= self.config.epochs:
-                    response = pb.TurnResponse(done=True, epoch=self.epoch)
-                    if self.client_weights is not None:  # the trained client half, to evaluate with
-                        response.client_weights.extend(protocol.encode_weights(self.client_weights))
-                    return response
+                    return self.hand_over(pb.TurnResponse(done=True, epoch=self.epoch))  # the half to evaluate
                 if self._may_train(request.client_id):
                     if self.schedule == "sequential":
                         self.turn_started = time.time()
-                    response = pb.TurnResponse(go=True, epoch=self.epoch)
-                    if self.client_weights is not None:
-                        response.client_weights.extend(protocol.encode_weights(self.client_weights))
+                    response = self.hand_over(pb.TurnResponse(go=True, epoch=self.epoch))
                     if not self.record.clients:  # the epoch's clock starts with its first turn
                         self.record.started = time.time()
                     self.record.clients.append(request.client_id)
@@ -219,6 +223,14 @@ class ServerState:
                 if remaining <= 0:
                     return pb.TurnResponse(go=False, epoch=self.epoch)
                 self.lock.wait(min(remaining, TURN_POLL_SECONDS))
+
+    def hand_over(self, response: pb.TurnResponse) -> pb.TurnResponse:
+        """Puts the client half a turn starts from into ``response``: the relayed or averaged weights, and the
+        signed halves behind them (clients with a shared key check and average those themselves)."""
+        if self.client_weights is not None:
+            response.client_weights.extend(protocol.encode_weights(self.client_weights))
+        response.peer_halves.extend(self.handed_halves)
+        return response
 
     # Each method runs whole under the lock, its checks in the order of their error messages' precedence.
 
@@ -297,9 +309,13 @@ class ServerState:
                 raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"stale epoch {request.epoch + 1}: the server "
                                f"is at epoch {self.epoch + 1}")
             self._in_epoch(request.client_id)
+            half = pb.SignedHalf(sender=request.client_id, epoch=request.epoch, examples=request.examples,
+                                 weights=request.client_weights, tag=request.weights_tag)
             if self.schedule == "sequential":
                 self.client_weights = weights
+                self.handed_halves = [half]
             self.submitted[request.client_id] = (weights, max(int(request.examples), 1))
+            self.submitted_halves[request.client_id] = half
             self.done.add(request.client_id)
             self.turn_started = time.time()
             self.log(f"epoch {self.epoch + 1}: client {request.client_id} done ({request.examples} examples, loss "
@@ -362,6 +378,7 @@ class ServerState:
             total = sum(examples for _, examples in self.submitted.values())
             self.client_weights = [sum(weights[i] * (examples / total) for weights, examples in self.submitted.values())
                                    for i in range(len(self.client_weight_shapes))]
+            self.handed_halves = [self.submitted_halves[client] for client in sorted(self.submitted_halves)]
         record = self.record
         self.history.append({
             "epoch": self.epoch + 1, "seconds": round(time.time() - record.started, 3), "steps": record.steps,
@@ -374,6 +391,7 @@ class ServerState:
         self.done.clear()
         self.skipped.clear()
         self.submitted.clear()
+        self.submitted_halves.clear()
         self.record = EpochRecord()
         self.turn_started = time.time()
         self.save()

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14split_training.proto\x12\x0cnopeek_split\"V\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12 \n\x04wire\x18\x02 \x01(\x0e\x32\x12.nopeek_split.Wire\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\"Z\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\x12\x11\n\tnext_step\x18\x04 \x01(\x03\"N\n\x0cJoinResponse\x12\x13\n\x0bnum_clients\x18\x01 \x01(\x05\x12\x10\n\x08schedule\x18\x02 \x01(\t\x12\x17\n\x0f\x65pochs_finished\x18\x03 \x01(\x05\"6\n\x0bTurnRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x02\"e\n\x0cTurnResponse\x12\n\n\x02go\x18\x01 \x01(\x08\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12,\n\x0e\x63lient_weights\x18\x04 \x03(\x0b\x32\x14.nopeek_split.Tensor\"i\n\x0bStepRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12)\n\x0b\x61\x63tivations\x18\x03 \x01(\x0b\x32\x14.nopeek_split.Tensor\x12\x0e\n\x06labels\x18\x04 \x03(\x05\"U\n\x0cStepResponse\x12&\n\x08gradient\x18\x01 \x01(\x0b\x32\x14.nopeek_split.Tensor\x12\x0c\n\x04loss\x18\x02 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x05\"\\\n\x0e\x46orwardRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12)\n\x0b\x61\x63tivations\x18\x03 \x01(\x0b\x32\x14.nopeek_split.Tensor\"8\n\x0f\x46orwardResponse\x12%\n\x07outputs\x18\x01 \x01(\x0b\x32\x14.nopeek_split.Tensor\"Z\n\x0f\x42\x61\x63kwardRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12&\n\x08gradient\x18\x03 \x01(\x0b\x32\x14.nopeek_split.Tensor\":\n\x10\x42\x61\x63kwardResponse\x12&\n\x08gradient\x18\x01 \x01(\x0b\x32\x14.nopeek_split.Tensor\"O\n\x0f\x45valuateRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12)\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x14.nopeek_split.Tensor\"9\n\x10\x45valuateResponse\x12%\n\x07outputs\x18\x01 \x01(\x0b\x32\x14.nopeek_split.Tensor\"\x93\x01\n\x0f\x45pochEndRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12,\n\x0e\x63lient_weights\x18\x03 \x03(\x0b\x32\x14.nopeek_split.Tensor\x12\x10\n\x08\x65xamples\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x02\x12\x10\n\x08\x61\x63\x63uracy\x18\x06 \x01(\x02\"\x12\n\x10\x45pochEndResponse\"!\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\"\x0f\n\rLeaveResponse*@\n\x04Wire\x12\x14\n\x10WIRE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x08\n\x04INT8\x10\x03\x32\xbc\x04\n\rSplitTraining\x12=\n\x04Join\x12\x19.nopeek_split.JoinRequest\x1a\x1a.nopeek_split.JoinResponse\x12\x42\n\tAwaitTurn\x12\x19.nopeek_split.TurnRequest\x1a\x1a.nopeek_split.TurnResponse\x12=\n\x04Step\x12\x19.nopeek_split.StepRequest\x1a\x1a.nopeek_split.StepResponse\x12\x46\n\x07\x46orward\x12\x1c.nopeek_split.ForwardRequest\x1a\x1d.nopeek_split.ForwardResponse\x12I\n\x08\x42\x61\x63kward\x12\x1d.nopeek_split.BackwardRequest\x1a\x1e.nopeek_split.BackwardResponse\x12I\n\x08\x45valuate\x12\x1d.nopeek_split.EvaluateRequest\x1a\x1e.nopeek_split.EvaluateResponse\x12I\n\x08\x45ndEpoch\x12\x1d.nopeek_split.EpochEndRequest\x1a\x1e.nopeek_split.EpochEndResponse\x12@\n\x05Leave\x12\x1a.nopeek_split.LeaveRequest\x1a\x1b.nopeek_split.LeaveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14split_training.proto\x12\x0cnopeek_split\"V\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12 \n\x04wire\x18\x02 \x01(\x0e\x32\x12.nopeek_split.Wire\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\"Z\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\x12\x11\n\tnext_step\x18\x04 \x01(\x03\"N\n\x0cJoinResponse\x12\x13\n\x0bnum_clients\x18\x01 \x01(\x05\x12\x10\n\x08schedule\x18\x02 \x01(\t\x12\x17\n\x0f\x65pochs_finished\x18\x03 \x01(\x05\"6\n\x0bTurnRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x02\"\x94\x01\n\x0cTurnResponse\x12\n\n\x02go\x18\x01 \x01(\x08\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12,\n\x0e\x63lient_weights\x18\x04 \x03(\x0b\x32\x14.nopeek_split.Tensor\x12-\n\x0bpeer_halves\x18\x05 \x03(\x0b\x32\x18.nopeek_split.SignedHalf\"q\n\nSignedHalf\x12\x0e\n\x06sender\x18\x01 \x01(\x05\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\x12%\n\x07weights\x18\x04 \x03(\x0b\x32\x14.nopeek_split.Tensor\x12\x0b\n\x03tag\x18\x05 \x01(\x0c\"i\n\x0bStepRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12)\n\x0b\x61\x63tivations\x18\x03 \x01(\x0b\x32\x14.nopeek_split.Tensor\x12\x0e\n\x06labels\x18\x04 \x03(\x05\"U\n\x0cStepResponse\x12&\n\x08gradient\x18\x01 \x01(\x0b\x32\x14.nopeek_split.Tensor\x12\x0c\n\x04loss\x18\x02 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x05\"\\\n\x0e\x46orwardRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12)\n\x0b\x61\x63tivations\x18\x03 \x01(\x0b\x32\x14.nopeek_split.Tensor\"8\n\x0f\x46orwardResponse\x12%\n\x07outputs\x18\x01 \x01(\x0b\x32\x14.nopeek_split.Tensor\"Z\n\x0f\x42\x61\x63kwardRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12&\n\x08gradient\x18\x03 \x01(\x0b\x32\x14.nopeek_split.Tensor\":\n\x10\x42\x61\x63kwardResponse\x12&\n\x08gradient\x18\x01 \x01(\x0b\x32\x14.nopeek_split.Tensor\"O\n\x0f\x45valuateRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12)\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x14.nopeek_split.Tensor\"9\n\x10\x45valuateResponse\x12%\n\x07outputs\x18\x01 \x01(\x0b\x32\x14.nopeek_split.Tensor\"\xa8\x01\n\x0f\x45pochEndRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12,\n\x0e\x63lient_weights\x18\x03 \x03(\x0b\x32\x14.nopeek_split.Tensor\x12\x10\n\x08\x65xamples\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x02\x12\x10\n\x08\x61\x63\x63uracy\x18\x06 \x01(\x02\x12\x13\n\x0bweights_tag\x18\x07 \x01(\x0c\"\x12\n\x10\x45pochEndResponse\"!\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x05\"\x0f\n\rLeaveResponse*@\n\x04Wire\x12\x14\n\x10WIRE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x08\n\x04INT8\x10\x03\x32\xbc\x04\n\rSplitTraining\x12=\n\x04Join\x12\x19.nopeek_split.JoinRequest\x1a\x1a.nopeek_split.JoinResponse\x12\x42\n\tAwaitTurn\x12\x19.nopeek_split.TurnRequest\x1a\x1a.nopeek_split.TurnResponse\x12=\n\x04Step\x12\x19.nopeek_split.StepRequest\x1a\x1a.nopeek_split.StepResponse\x12\x46\n\x07\x46orward\x12\x1c.nopeek_split.ForwardRequest\x1a\x1d.nopeek_split.ForwardResponse\x12I\n\x08\x42\x61\x63kward\x12\x1d.nopeek_split.BackwardRequest\x1a\x1e.nopeek_split.BackwardResponse\x12I\n\x08\x45valuate\x12\x1d.nopeek_split.EvaluateRequest\x1a\x1e.nopeek_split.EvaluateResponse\x12I\n\x08\x45ndEpoch\x12\x1d.nopeek_split.EpochEndRequest\x1a\x1e.nopeek_split.EpochEndResponse\x12@\n\x05Leave\x12\x1a.nopeek_split.LeaveRequest\x1a\x1b.nopeek_split.LeaveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'split_training_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WIRE']._serialized_start=1317
-  _globals['_WIRE']._serialized_end=1381
+  _globals['_WIRE']._serialized_start=1501
+  _globals['_WIRE']._serialized_end=1565
   _globals['_TENSOR']._serialized_start=38
   _globals['_TENSOR']._serialized_end=124
   _globals['_JOINREQUEST']._serialized_start=126
@@ -41,32 +41,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINRESPONSE']._serialized_end=296
   _globals['_TURNREQUEST']._serialized_start=298
   _globals['_TURNREQUEST']._serialized_end=352
-  _globals['_TURNRESPONSE']._serialized_start=354
-  _globals['_TURNRESPONSE']._serialized_end=455
-  _globals['_STEPREQUEST']._serialized_start=457
-  _globals['_STEPREQUEST']._serialized_end=562
-  _globals['_STEPRESPONSE']._serialized_start=564
-  _globals['_STEPRESPONSE']._serialized_end=649
-  _globals['_FORWARDREQUEST']._serialized_start=651
-  _globals['_FORWARDREQUEST']._serialized_end=743
-  _globals['_FORWARDRESPONSE']._serialized_start=745
-  _globals['_FORWARDRESPONSE']._serialized_end=801
-  _globals['_BACKWARDREQUEST']._serialized_start=803
-  _globals['_BACKWARDREQUEST']._serialized_end=893
-  _globals['_BACKWARDRESPONSE']._serialized_start=895
-  _globals['_BACKWARDRESPONSE']._serialized_end=953
-  _globals['_EVALUATEREQUEST']._serialized_start=955
-  _globals['_EVALUATEREQUEST']._serialized_end=1034
-  _globals['_EVALUATERESPONSE']._serialized_start=1036
-  _globals['_EVALUATERESPONSE']._serialized_end=1093
-  _globals['_EPOCHENDREQUEST']._serialized_start=1096
-  _globals['_EPOCHENDREQUEST']._serialized_end=1243
-  _globals['_EPOCHENDRESPONSE']._serialized_start=1245
-  _globals['_EPOCHENDRESPONSE']._serialized_end=1263
-  _globals['_LEAVEREQUEST']._serialized_start=1265
-  _globals['_LEAVEREQUEST']._serialized_end=1298
-  _globals['_LEAVERESPONSE']._serialized_start=1300
-  _globals['_LEAVERESPONSE']._serialized_end=1315
-  _globals['_SPLITTRAINING']._serialized_start=1384
-  _globals['_SPLITTRAINING']._serialized_end=1956
+  _globals['_TURNRESPONSE']._serialized_start=355
+  _globals['_TURNRESPONSE']._serialized_end=503
+  _globals['_SIGNEDHALF']._serialized_start=505
+  _globals['_SIGNEDHALF']._serialized_end=618
+  _globals['_STEPREQUEST']._serialized_start=620
+  _globals['_STEPREQUEST']._serialized_end=725
+  _globals['_STEPRESPONSE']._serialized_start=727
+  _globals['_STEPRESPONSE']._serialized_end=812
+  _globals['_FORWARDREQUEST']._serialized_start=814
+  _globals['_FORWARDREQUEST']._serialized_end=906
+  _globals['_FORWARDRESPONSE']._serialized_start=908
+  _globals['_FORWARDRESPONSE']._serialized_end=964
+  _globals['_BACKWARDREQUEST']._serialized_start=966
+  _globals['_BACKWARDREQUEST']._serialized_end=1056
+  _globals['_BACKWARDRESPONSE']._serialized_start=1058
+  _globals['_BACKWARDRESPONSE']._serialized_end=1116
+  _globals['_EVALUATEREQUEST']._serialized_start=1118
+  _globals['_EVALUATEREQUEST']._serialized_end=1197
+  _globals['_EVALUATERESPONSE']._serialized_start=1199
+  _globals['_EVALUATERESPONSE']._serialized_end=1256
+  _globals['_EPOCHENDREQUEST']._serialized_start=1259
+  _globals['_EPOCHENDREQUEST']._serialized_end=1427
+  _globals['_EPOCHENDRESPONSE']._serialized_start=1429
+  _globals['_EPOCHENDRESPONSE']._serialized_end=1447
+  _globals['_LEAVEREQUEST']._serialized_start=1449
+  _globals['_LEAVEREQUEST']._serialized_end=1482
+  _globals['_LEAVERESPONSE']._serialized_start=1484
+  _globals['_LEAVERESPONSE']._serialized_end=1499
+  _globals['_SPLITTRAINING']._serialized_start=1568
+  _globals['_SPLITTRAINING']._serialized_end=2140
 # @@protoc_insertion_point(module_scope)
