@@ -49,12 +49,14 @@ def define_flags() -> None:
                       "model dirs and logs (wall times from the earlier results.csv).")
 
 
-def _program(module: str, args: list[str], log_path: str) -> subprocess.Popen:
+def program(module: str, args: list[str], log_path: str) -> subprocess.Popen:
+    """``python -m module args`` in the background, its output to ``log_path``."""
     log = open(log_path, "w")
     return subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait(process: subprocess.Popen, name: str) -> None:
+def wait(process: subprocess.Popen, name: str) -> None:
+    """Waits for ``process``; RuntimeError naming it when it fails."""
     if process.wait() != 0:
         raise RuntimeError(f"{name} failed (exit {process.returncode}); see its log in --work_dir")
 
@@ -69,7 +71,7 @@ def central(training: list[str], work: str) -> dict:
     model_dir = os.path.join(work, "central")
     shutil.rmtree(model_dir, ignore_errors=True)  # a fresh run (an old one would resume with nothing to do)
     started = time.time()
-    _wait(_program("train.train", [*training, f"--model_dir={model_dir}"], model_dir + ".log"), "train.train")
+    wait(program("train.train", [*training, f"--model_dir={model_dir}"], model_dir + ".log"), "train.train")
     return central_row(model_dir, time.time() - started)
 
 
@@ -89,15 +91,15 @@ def split(training: list[str], work: str, clients: int, schedule: str, wire: str
     shutil.rmtree(folder, ignore_errors=True)
     common = [*training, f"--wire={wire}"]
     started = time.time()
-    server = _program("train.split_server", [*common, f"--port={port}", f"--num_clients={clients}",
+    server = program("train.split_server", [*common, f"--port={port}", f"--num_clients={clients}",
                                              f"--schedule={schedule}", f"--model_dir={folder}/server"],
                       f"{folder}-server.log")
-    programs = [_program("train.split_client", [*common, f"--server=localhost:{port}", f"--shard={i}",
+    programs = [program("train.split_client", [*common, f"--server=localhost:{port}", f"--shard={i}",
                                                 f"--num_shards={clients}", f"--model_dir={folder}/client{i}"],
                          f"{folder}-client{i}.log") for i in range(clients)]
-    for index, program in enumerate(programs):
-        _wait(program, f"client {index}")
-    _wait(server, "the split server")
+    for index, client in enumerate(programs):
+        wait(client, f"client {index}")
+    wait(server, "the split server")
     return split_row(folder, clients, schedule, wire, time.time() - started)
 
 

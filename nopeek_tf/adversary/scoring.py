@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import keras
 import numpy as np
 
 from nopeek_tf import training
@@ -44,6 +45,7 @@ def client_batches(config: TrainConfig, shard: int = 0, num_shards: int = 1) -> 
     with tempfile.TemporaryDirectory() as scratch:
         run = training.start_run(config, scratch, protocol.check_split_config)
     train = run.raw.train.shard(num_shards, shard) if num_shards > 1 else run.raw.train
+    keras.utils.set_random_seed(run.config.seed)  # as the client does: tf.data's shuffle takes the global seed too
     stream = data.make_pipeline(train, run.config.batch_size, True, run.config.seed)
     epochs = [[(x.numpy(), y.numpy()) for x, y in stream] for _ in range(run.config.epochs)]
     return epochs, run.raw

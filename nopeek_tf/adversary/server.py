@@ -22,7 +22,6 @@ activations so that the scorer can tell the client's label probes (repeats) apar
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import threading
@@ -36,38 +35,18 @@ import tensorflow as tf
 from nopeek_tf import files
 from nopeek_tf import training
 from nopeek_tf.attacks import build_decoder
-from nopeek_tf.config import ConfigError, Settings, TrainConfig, setting
+from nopeek_tf.config import ConfigError, TrainConfig
 from nopeek_tf.split_learning import protocol
 from nopeek_tf.split_learning import split_training_pb2 as pb
 from nopeek_tf.split_learning.halves import server_part
 from nopeek_tf.split_learning.server_state import ServerState
 from nopeek_tf.training import data
 
-ATTACKS = ("fsha", "substitute", "label_inference")
+from .settings import AttackSettings
+
 CAPTURE_FILE = "attack_capture.npz"
 DECODER_FILE = "attack_decoder.keras"
 PUBLIC_BATCH = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackSettings(Settings):
-    """The attacking server's own flags."""
-
-    attack: str = setting("fsha", "fsha: answer with a hijacking gradient; substitute: hand over the attacker's "
-                          "encoder; label_inference: keep the gradients a U-shaped client returns.", choices=ATTACKS)
-    pilot_steps: int = setting(600, "Steps training the attacker's encoder and decoder on public images before the "
-                               "clients join (fsha, substitute).", minimum=0)
-    attack_learning_rate: float = setting(1e-4, "Adam's learning rate of the attacker's pilot, decoder and critic.",
-                                          above=0)
-    gradient_penalty: float = setting(10.0, "WGAN-GP's gradient penalty weight (fsha).", minimum=0)
-    public_images: int = setting(0, "Public images the attacker trains on (the test split's first N; 0: all).",
-                                 minimum=0)
-
-    def validate(self) -> None:
-        """Checks every field; raises ConfigError naming the flag."""
-        from nopeek_tf.config import check
-
-        check(self)
 
 
 def activation_hash(tensor: pb.Tensor) -> bytes:
@@ -250,6 +229,16 @@ class AttackingState(ServerState):
         return response
 
     # --- The end --------------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        """The honest end, or every client that joined gone (left, or silent for the timeout: one that
+        caught the attack and stopped): the attacker keeps what it captured."""
+        if super().finished():
+            return True
+        with self.lock:
+            now = time.time()
+            return bool(self.expected_step) and all(
+                client in self.left or now - self.last_seen[client] > self.timeout for client in self.expected_step)
 
     def write_model_dir(self) -> dict:
         metrics = super().write_model_dir()
