@@ -31,7 +31,9 @@ from typing import Sequence
 import numpy as np
 
 from .transport import EdgeError, GrpcTransport, RestTransport, TlsFiles, with_retries
+from nopeek_tf.device import bound as bound_lib
 from nopeek_tf.device import manifest as manifest_lib
+from nopeek_tf.device import policy
 from nopeek_tf import runtime
 from nopeek_tf.device.litert import ClientRunner, LiteRTModel
 from nopeek_tf.device.noise import DeviceNoiseSource
@@ -150,14 +152,22 @@ class EdgeClient:
       timeout: seconds for each call to the server.
       retries: retries of transient failures.
       num_threads: LiteRT threads.
-      state_dir: where the device keeps its noise key and memo (a folder per model under it);
-        None keeps them in memory (a new key, and new noise, for each EdgeClient).
+      state_dir: where the device keeps its noise key and memo (a folder per model under it) and its bit
+        budget; None keeps them in memory (a new key, and new noise, for each EdgeClient).
+      max_bits: the device's own limit on the bits one request may reveal: it adds at least the noise that
+        holds it, whatever the manifest says (``nopeek_tf.device.policy``); None: the manifest's noise.
+      budget_bits: the bits this device may send about new images in all (a repeated image costs nothing);
+        past it, :meth:`classify` raises ``policy.BudgetExhausted`` and sends nothing.
+
+    ``bound_bits`` is the bound of what this device sends, computed from the noise it adds and the values its
+    ``.tflite`` outputs; a manifest whose privacy card disagrees with its own noise is refused.
     """
 
     def __init__(self, tflite_path: str, manifest: str | manifest_lib.Manifest | None = None,
                  server: str = "127.0.0.1:8501", transport: str = "rest", model_name: str | None = None,
                  model_version: int | None = None, tls: TlsFiles | None = None, timeout: float = 10.0,
-                 retries: int = 2, num_threads: int = 1, state_dir: str | None = None):
+                 retries: int = 2, num_threads: int = 1, state_dir: str | None = None, max_bits: float | None = None,
+                 budget_bits: float | None = None):
         if not os.path.isfile(tflite_path):
             raise EdgeError(f"--tflite {tflite_path}: no such file")
         if manifest is None:
@@ -174,12 +184,24 @@ class EdgeClient:
             raise EdgeError(f"--tflite: {error}") from None
         self.client_model = self.runner.client
         self.noise = None
-        if manifest.noise is not None:
-            try:
-                self.noise = DeviceNoiseSource(manifest.noise,
-                                               model_state_dir(state_dir, manifest) if state_dir else None)
-            except OSError as error:
-                raise EdgeError(f"--state_dir {state_dir} cannot be written: {error.strerror or error}") from None
+        values = int(np.prod(self.runner.model.output_detail["shape"][1:]))
+        try:
+            policy.check_card(manifest, values, self.client_model.wire_dtype)
+            noise = policy.enforced_noise(manifest.noise, values, max_bits, self.runner.model.output_op())
+            self.bound_bits = bound_lib.bound_bits(values, self.client_model.wire_dtype,
+                                                   noise.stddev if noise else 0.0, noise.clip if noise else None)
+            if budget_bits is not None and noise is None:
+                raise policy.PolicyError("--budget_bits needs a bound per request: a manifest with device noise, "
+                                         "or --max_bits")
+            self.budget = policy.BitBudget(budget_bits, state_dir) if budget_bits is not None else None
+            if noise is not None:
+                self.noise = DeviceNoiseSource(noise, model_state_dir(state_dir, manifest) if state_dir else None,
+                                               budget=self.budget, bits_per_image=self.bound_bits)
+        except policy.PolicyError as error:  # the card's errors name the manifest, the policy's their flag
+            raise EdgeError(str(error) if str(error).startswith("--") else f"--manifest: {error}") from None
+        except OSError as error:
+            raise EdgeError(f"--state_dir {state_dir} cannot be written: {error.strerror or error}") from None
+        self.max_bits = max_bits
         self.retries = retries
         name = model_name or manifest.model_name
         version = manifest.server_version if model_version is None else (model_version or None)
@@ -251,6 +273,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per server call")
     parser.add_argument("--retries", type=int, default=2, help="retries of transient failures")
     parser.add_argument("--threads", type=int, default=1, help="LiteRT threads")
+    parser.add_argument("--max_bits", type=float,
+                        help="this device's own limit on what one request may reveal about an image, in bits: it "
+                             "adds at least the noise that holds it, whatever the manifest says (a client with "
+                             "bounded values only)")
+    parser.add_argument("--budget_bits", type=float,
+                        help="the bits this device may send about new images in all (kept in --state_dir; a "
+                             "repeated image costs nothing): past it, no new image is sent")
     return parser.parse_args(argv)
 
 
@@ -268,28 +297,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             tflite = choose_variant(tflite, args.variant, args.state_dir, max(1, args.threads), log=print)
         client = EdgeClient(tflite, args.manifest, args.server, args.transport, args.model_name,
                             args.model_version, TlsFiles(args.ca_file, args.client_cert, args.client_key),
-                            args.timeout, max(0, args.retries), max(1, args.threads), args.state_dir)
-        results = []
+                            args.timeout, max(0, args.retries), max(1, args.threads), args.state_dir,
+                            args.max_bits, args.budget_bits)
+        results, withheld = [], []
         for path in images:
-            result = client.classify(path)
+            try:
+                result = client.classify(path)
+            except policy.BudgetExhausted as error:
+                withheld.append(path)
+                print(f"{path}: {error}", flush=True)
+                continue
             results.append(result)
             print(f"{path}: {result.class_name} (p={result.probability:.3f})  device {result.device_ms:.2f} ms, "
                   f"network+server {result.network_ms:.2f} ms, sent {result.bytes_sent} bytes", flush=True)
     except EdgeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    raw_bytes = int(np.prod(client.manifest.preprocessing.image_size)) * client.manifest.preprocessing.channels
-    print(f"{len(results)} images via {args.transport} ({client.client_model.variant} client): device "
-          f"{statistics.median(r.device_ms for r in results):.2f} ms, network+server "
-          f"{statistics.median(r.network_ms for r in results):.2f} ms (medians); "
-          f"{results[0].bytes_sent} bytes sent per image (the raw image has {raw_bytes})")
-    privacy = client.manifest.privacy or {}
-    if client.noise is not None:
-        print(f"device noise: std {client.noise.noise.stddev:g} on values clipped to +-{client.noise.noise.clip:g}, "
-              f"the same for a repeated image; one request reveals at most {privacy.get('bound_bits', float('nan')):.2f} "
-              f"bits about an image (the class takes {privacy.get('label_bits', float('nan')):.2f})")
+    if results:
+        raw_bytes = int(np.prod(client.manifest.preprocessing.image_size)) * client.manifest.preprocessing.channels
+        print(f"{len(results)} images via {args.transport} ({client.client_model.variant} client): device "
+              f"{statistics.median(r.device_ms for r in results):.2f} ms, network+server "
+              f"{statistics.median(r.network_ms for r in results):.2f} ms (medians); "
+              f"{results[0].bytes_sent} bytes sent per image (the raw image has {raw_bytes})")
+    print(privacy_line(client))
+    if withheld:
+        print(f"error: --budget_bits: {len(withheld)} of {len(images)} images not sent: this device's budget of "
+              f"{args.budget_bits:g} bits is spent", file=sys.stderr)
+        return 1
     return 0
 
+
+def privacy_line(client: EdgeClient) -> str:
+    """What the device enforced: its noise (and where it came from), the bound it computed, its budget."""
+    label = (client.manifest.privacy or {}).get("label_bits")
+    bound = (f"one request reveals at most {bound_lib.bits_text(client.bound_bits)} bits about an image (computed "
+             f"by this device from the noise it adds" + (f"; the class takes {label:.2f})" if label else ")"))
+    if client.noise is None:
+        return f"no device noise: {bound}, the wire's own limit"
+    noise, source = client.noise.noise, "the manifest's"
+    if client.max_bits is not None:
+        asked = client.manifest.noise.stddev if client.manifest.noise else 0.0
+        source = (f"--max_bits={client.max_bits:g} raised the manifest's {asked:g}" if noise.stddev > asked
+                  else f"the manifest's, which holds --max_bits={client.max_bits:g}")
+    line = (f"device noise: std {noise.stddev:.4g} ({source}) on values clipped to +-{noise.clip:g}, the same for "
+            f"a repeated image; {bound}")
+    if client.budget is not None:
+        line += (f"; budget: {bound_lib.bits_text(client.budget.spent)} of {bound_lib.bits_text(client.budget.limit)}"
+                 f" bits spent on {client.budget.images} new images")
+    return line
 
 if __name__ == "__main__":
     sys.exit(main())

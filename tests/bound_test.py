@@ -237,6 +237,132 @@ def test_variant_auto_times_once_and_remembers(noisy_export, tmp_path, monkeypat
         edge_client.choose_variant(client_dir, "float16", str(tmp_path))
 
 
+# --- The device's own policy: its bound, --max_bits, --budget_bits ---------------------------------
+
+def _rewritten_client(export_dir, tmp_path, stddev: float, card: str = "as_noise") -> str:
+    """A copy of the exported float32 client whose manifest says ``stddev``; its privacy card left as it was
+    (``card="kept"``), given the noise only, or rewritten to match the new noise (``"as_noise"``)."""
+    import shutil
+
+    folder = tmp_path / f"client_{stddev:g}_{card}"
+    shutil.copytree(os.path.join(export_dir, "client"), folder)
+    with open(folder / "manifest.json") as f:
+        values = json.load(f)
+    values["noise"]["stddev"] = stddev
+    if card != "kept":
+        values["privacy"]["noise_stddev"] = stddev
+    if card == "as_noise":
+        values["privacy"]["bound_bits"] = round(bound.bound_bits(16, "float32", stddev, 1.0), 4)
+    with open(folder / "manifest.json", "w") as f:
+        json.dump(values, f)
+    return str(folder / "client_float32.tflite")
+
+
+def test_the_device_computes_its_bound_and_refuses_a_manifest_whose_card_disagrees(noisy_export, tmp_path):
+    from edge.client import EdgeClient, EdgeError
+
+    _, export_dir, _, _, _ = noisy_export
+    shipped = EdgeClient(os.path.join(export_dir, "client", "client_float32.tflite"))
+    assert shipped.bound_bits == pytest.approx(16 / 2 * math.log2(1 + 1 / 0.5 ** 2))
+    with pytest.raises(EdgeError, match=r"^--manifest: the manifest's privacy card was made for noise 0.5, its noise "
+                                        r"entry says 0.0001: refusing an altered manifest$"):
+        EdgeClient(_rewritten_client(export_dir, tmp_path, 1e-4, card="kept"))
+    with pytest.raises(EdgeError, match=r"claims 18.58 bits per request, but its noise \(stddev 0.0001\) on 16 "
+                                        r"values gives 213: refusing"):
+        EdgeClient(_rewritten_client(export_dir, tmp_path, 1e-4, card="noise_only"))
+    # Card and noise rewritten together: accepted, and the device prints what that noise really gives.
+    rewritten = EdgeClient(_rewritten_client(export_dir, tmp_path, 1e-4))
+    assert rewritten.bound_bits == pytest.approx(16 / 2 * math.log2(1 + 1e8), abs=1e-3)
+
+
+def test_max_bits_holds_against_a_manifest_rewritten_to_almost_no_noise(noisy_export, tmp_path):
+    """The server-side capture shows the noise --max_bits needs, not the manifest's 0.0001."""
+    from edge.client import EdgeClient, load_image
+    from nopeek_tf.device.litert import ClientRunner
+    from nopeek_tf.training import data
+    from tests.local_server import Capture, LocalServer
+
+    import tensorflow as tf
+
+    _, export_dir, manifest, _, _ = noisy_export
+    tflite = _rewritten_client(export_dir, tmp_path, 1e-4)
+    faces = [os.path.join(data.orl_faces_dir(), f"s{person}", "2.pgm") for person in range(1, 31)]
+    capture = Capture()
+    server = LocalServer({manifest.model_name: os.path.join(export_dir, "serving", manifest.model_name)},
+                         **capture.server_hooks())
+    try:
+        device = EdgeClient(tflite, server=server.grpc, transport="grpc", max_bits=8.0)
+        for face in faces:
+            device.classify(face)
+    finally:
+        server.stop()
+    needed = bound.stddev_for_bits(16, 8.0, 1.0)  # 1.0: 16 values carry 8 bits
+    assert device.noise.noise.stddev == pytest.approx(needed) and device.bound_bits == pytest.approx(8.0)
+    sent = np.concatenate([tf.make_ndarray(request.inputs["activations"]) for request in capture.grpc])
+    clean = ClientRunner.from_file(tflite).float_activations(
+        np.stack([load_image(face, manifest.preprocessing) for face in faces]))
+    assert sent.shape == (30, 16) and abs((sent - clean).std() - needed) < 0.1 * needed
+    # A manifest with more noise than the policy needs keeps it: the device only ever adds noise.
+    assert EdgeClient(os.path.join(export_dir, "client", "client_float32.tflite"), max_bits=100.0).noise.noise.stddev \
+        == 0.5
+
+
+def test_max_bits_refuses_a_client_whose_values_are_not_bounded():
+    from nopeek_tf.device import policy
+
+    assert policy.enforced_noise(None, 16, 8.0, "TANH").stddev == pytest.approx(1.0)
+    assert policy.enforced_noise(NOISE, 16, None, "RELU") is NOISE  # no policy: the manifest's noise
+    with pytest.raises(policy.PolicyError, match=r"^--max_bits needs a client whose values are bounded .* this one "
+                                                 r"ends in FULLY_CONNECTED: train it with --bottleneck=K --bounded$"):
+        policy.enforced_noise(None, 16, 8.0, "FULLY_CONNECTED")
+
+
+def test_the_budget_stops_new_sends_and_still_answers_repeats(noisy_export, tmp_path):
+    from edge.client import EdgeClient
+    from nopeek_tf.device import policy
+    from nopeek_tf.training import data
+    from tests.local_server import Capture, LocalServer
+
+    _, export_dir, manifest, _, _ = noisy_export
+    tflite = os.path.join(export_dir, "client", "client_float32.tflite")
+    faces = [os.path.join(data.orl_faces_dir(), f"s{person}", "3.pgm") for person in range(1, 6)]
+    capture = Capture()
+    server = LocalServer({manifest.model_name: os.path.join(export_dir, "serving", manifest.model_name)},
+                         **capture.server_hooks())
+    state = str(tmp_path / "device")
+    try:
+        device = EdgeClient(tflite, server=server.grpc, transport="grpc", state_dir=state, max_bits=10.0,
+                            budget_bits=30.0)
+        answers = [device.classify(face).class_name for face in faces[:3]]  # 3 x 10 bits: the budget
+        with pytest.raises(policy.BudgetExhausted, match=r"sent 30.00 of its 30.00 bits \(3 new images\); this new "
+                                                         r"image would take 10.00 more: not sent"):
+            device.classify(faces[3])
+        assert device.classify(faces[0]).class_name == answers[0]  # a repeat: memoised, free
+        restarted = EdgeClient(tflite, server=server.grpc, transport="grpc", state_dir=state, max_bits=10.0,
+                               budget_bits=30.0)
+        with pytest.raises(policy.BudgetExhausted):  # the ledger is kept in --state_dir
+            restarted.classify(faces[4])
+    finally:
+        server.stop()
+    assert len(capture.grpc) == 4  # three new images and one repeat; nothing of the refused ones
+    assert capture.grpc[3].inputs["activations"] == capture.grpc[0].inputs["activations"]
+    with pytest.raises(policy.PolicyError, match="--budget_bits must be > 0"):
+        policy.BitBudget(0.0)
+
+
+def test_an_unbounded_client_gets_neither_max_bits_nor_a_budget(exported):
+    from edge.client import EdgeClient, EdgeError
+
+    export_dir, manifest = exported  # NoPeek without a bounded bottleneck or noise
+    tflite = os.path.join(export_dir, "client", "client_float32.tflite")
+    assert EdgeClient(tflite).bound_bits == 32 * np.prod(manifest.activation_shape)  # the float32 wire's limit
+    with pytest.raises(EdgeError, match=r"^--max_bits needs a client whose values are bounded"):
+        EdgeClient(tflite, max_bits=8.0)
+    with pytest.raises(EdgeError, match=r"^--budget_bits needs a bound per request: a manifest with device noise, "
+                                        r"or --max_bits$"):
+        EdgeClient(tflite, budget_bits=100.0)
+
+
 @pytest.mark.slow
 def test_the_device_noise_warms_up_and_ramps_with_the_training_steps(tmp_path):
     from nopeek_tf import config as config_lib
@@ -274,7 +400,7 @@ def test_the_command_line_client_picks_its_variant_and_adds_the_noise_without_te
         server.stop()
     for result in runs:
         assert result.returncode == 0, result.stderr
-        assert "device noise: std 0.5 on values clipped to +-1" in result.stdout
+        assert "device noise: std 0.5 (the manifest's) on values clipped to +-1" in result.stdout
         assert "at most 18.58 bits" in result.stdout
     assert "timed the client variants on this device" in runs[0].stdout
     assert "timed" not in runs[1].stdout  # remembered

@@ -52,6 +52,14 @@ class LiteRTModel:
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output_detail["index"]).copy()
 
+    def output_op(self) -> str | None:
+        """The builtin operator that produces the output tensor (read off the model itself; a delegate's
+        stand-in nodes are passed over), e.g. ``TANH`` for a bounded client."""
+        index = self.output_detail["index"]
+        producers = [op["op_name"] for op in self.interpreter._get_ops_details()
+                     if op["op_name"] != "DELEGATE" and index in list(op["outputs"])]
+        return producers[-1] if producers else None
+
     def op_names(self) -> set[str]:
         """Names of the operators in the model (builtin names; Flex ops start with "Flex")."""
         return {op["op_name"] for op in self.interpreter._get_ops_details()}
@@ -137,6 +145,8 @@ class ClientRunner:
             activations = noise.add(pixels, activations)
         if self.client.wire_quantization is not None:
             return manifest_lib.quantize(activations, self.client.wire_quantization, "int8")
+        if self.client.output.quantization is not None:  # noise a device policy added to a client without any
+            return manifest_lib.quantize(activations, self.client.output.quantization, self.client.output.dtype)
         return activations
 
     def from_float_images(self, images: np.ndarray) -> np.ndarray:

@@ -37,17 +37,23 @@ class DeviceNoiseSource:
     """Adds the manifest's noise to a batch of activations, the same noise for the same image.
 
     Args:
-      noise: the manifest's noise (gaussian, stddev, clip).
+      noise: the noise to add (gaussian, stddev, clip): the manifest's, or the device policy's
+        (:func:`nopeek_tf.device.policy.enforced_noise`).
       state_dir: where the device key and the memo persist; None keeps them in memory.
       memoise: False draws fresh noise for every call (the exporter's accuracy check, not a device).
+      budget: a :class:`nopeek_tf.device.policy.BitBudget` charged ``bits_per_image`` for each image not seen
+        before (a repeat costs nothing: it resends the memoised values).
+      bits_per_image: what one new image costs the budget.
     """
 
-    def __init__(self, noise: Noise, state_dir: str | None = None, memoise: bool = True):
+    def __init__(self, noise: Noise, state_dir: str | None = None, memoise: bool = True, budget=None,
+                 bits_per_image: float = 0.0):
         if noise.kind != "gaussian":
             raise ValueError(f"unknown noise kind {noise.kind!r} (this client adds gaussian noise)")
         self.noise = noise
         self.state_dir = state_dir
         self.memoise = memoise
+        self.budget, self.bits_per_image = budget, bits_per_image
         self._generator = np.random.default_rng()  # seeded by the operating system
         self._memo: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -115,6 +121,8 @@ class DeviceNoiseSource:
                 image_key = self.image_key(image)
                 noisy = self._recall(image_key)
                 if noisy is None:
+                    if self.budget is not None:
+                        self.budget.charge(self.bits_per_image)  # BudgetExhausted: nothing of the batch is sent
                     noisy = self.draw(activations[index])
                     self._remember(image_key, noisy)
                 out[index] = noisy
