@@ -158,7 +158,7 @@ def write_table(rows: list[dict], out: str) -> None:
         outcome = row["outcome"]
         if "hijack" in outcome:
             outcome = f"stopped: hijack detected at step {row.get('stopped_at_step')}"
-        elif "refused" in outcome:
+        elif "refused the client half" in outcome:
             outcome = "stopped: refused the substituted half"
         lines.append(f"| {CLIENTS[row['client']][1]} | {row['attack']} | {row['defences']} | {outcome} | "
                      f"{number(row, 'test_accuracy')} | {number(row, 'ssim')} | {number(row, 'label_floor_ssim')} | "

@@ -238,7 +238,7 @@ class AttackingState(ServerState):
         with self.lock:
             now = time.time()
             return bool(self.expected_step) and all(
-                client in self.left or now - self.last_seen[client] > self.timeout for client in self.expected_step)
+                client in self.left or now - self.heard_from(client, now) > self.timeout for client in self.expected_step)
 
     def write_model_dir(self) -> dict:
         metrics = super().write_model_dir()

@@ -52,7 +52,8 @@ class _Servicer:
 
         def call(request, context):
             try:
-                return method(request)
+                with self.state.call_of(request.client_id):
+                    return method(request)
             except StatusError as error:
                 context.abort(error.code, str(error))
         return call
@@ -94,6 +95,7 @@ def serve(config: TrainConfig, split_settings: protocol.SplitSettings, server_se
         f"{server_settings.schedule}, {split_settings.layout} layout, {split_settings.wire} wire; "
         f"{config.arch} cut after {config.cut} -> activations {state.activation_shape}; epoch "
         f"{state.epoch}/{config.epochs} done")
+    state.listening()
     if ready is not None:
         ready(port)
     try:

@@ -10,6 +10,7 @@ calls into these methods and :class:`StatusError` into an error status.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -86,6 +87,7 @@ class ServerState:
         self.client_weights: list[np.ndarray] | None = None
         self.expected_step: dict[int, int] = {}
         self.last_seen: dict[int, float] = {}
+        self.in_call: collections.Counter = collections.Counter()  # calls of each client the server is working on
         self.done: set[int] = set()
         self.skipped: set[int] = set()
         self.submitted: dict[int, tuple[list[np.ndarray], int]] = {}
@@ -131,6 +133,31 @@ class ServerState:
         self.checkpoints.save(self.epoch)
         files.write_json(os.path.join(self.checkpoints.directory, STATE_FILE),
                          {"epoch": self.epoch, "history": self.history})
+
+    # --- Who is silent -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def call_of(self, client_id: int):
+        """A call of ``client_id`` in progress (the servicer wraps every call in it): a client is not silent
+        while the server works on its request, however long that takes (a first trace of a new batch shape)."""
+        with self.lock:
+            self.in_call[client_id] += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_call[client_id] -= 1
+                if client_id in self.last_seen:
+                    self.last_seen[client_id] = time.time()
+
+    def heard_from(self, client_id: int, now: float) -> float:
+        """When ``client_id`` was last heard from: ``now`` during a call of its. Called under the lock."""
+        return now if self.in_call[client_id] else self.last_seen.get(client_id, 0.0)
+
+    def listening(self) -> None:
+        """The service listens: the first turn's clock starts now, not when this state was built."""
+        with self.lock:
+            self.turn_started = self.record.started = time.time()
 
     # --- Checks -------------------------------------------------------------------------------
 
@@ -354,14 +381,14 @@ class ServerState:
     def _expire(self, now: float) -> None:
         if self.schedule == "sequential":
             holder = self._holder()
-            if holder is not None and now - max(self.last_seen.get(holder, 0.0), self.turn_started) > self.timeout:
+            if holder is not None and now - max(self.heard_from(holder, now), self.turn_started) > self.timeout:
                 self.skipped.add(holder)
                 self.turn_started = now
                 self.log(f"epoch {self.epoch + 1}: client {holder} silent for {self.timeout:g} s; its turn passes")
         else:
             for client in range(self.num_clients):
                 if client not in self.done and client not in self.skipped and \
-                        now - max(self.last_seen.get(client, 0.0), self.record.started) > self.timeout:
+                        now - max(self.heard_from(client, now), self.record.started) > self.timeout:
                     self.skipped.add(client)
                     self.log(f"epoch {self.epoch + 1}: client {client} silent for {self.timeout:g} s; the epoch "
                              "ends without it")
@@ -406,7 +433,7 @@ class ServerState:
             if self.epoch < self.config.epochs:
                 return False
             now = time.time()
-            waiting = [c for c in self.expected_step if c not in self.left and now - self.last_seen[c] < self.timeout]
+            waiting = [c for c in self.expected_step if c not in self.left and now - self.heard_from(c, now) < self.timeout]
             return not waiting
 
     def write_model_dir(self) -> dict:
