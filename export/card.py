@@ -21,10 +21,15 @@ EXCESS_WARNING = 0.10
 WIRE_NOISE_STDDEVS = 4.0
 
 
-def privacy_card(model_dir: str, bound: dict) -> dict:
-    """What the client can leak: the bound in bits (always) and, from <model_dir>/leakage.json
+TRAINING_KEYS = ("training_sends_per_image", "training_bits_per_image")  # a split client's (split_learning.accounting)
+
+
+def privacy_card(model_dir: str, bound: dict, metrics: dict | None = None) -> dict:
+    """What the client can leak: the bound in bits (always); for a client trained by split training, the most
+    bits each of its training images may have given the server; and, from <model_dir>/leakage.json
     (python -m train.leakage), what the attacks reconstructed."""
     card = dict(bound)
+    card.update({key: metrics[key] for key in TRAINING_KEYS if metrics and key in metrics})
     leakage = model_dir_lib.read_leakage(model_dir)
     if leakage is None:
         return card
@@ -51,6 +56,9 @@ def privacy_verdict(card: dict, model_dir: str) -> list[str]:
     """Lines on what the exported client leaks: the bound, then the attacks (a warning without an evaluation
     or above EXCESS_WARNING)."""
     lines = [bound_verdict(card)]
+    if "training_bits_per_image" in card:
+        lines.append(f"split training: each training image was sent {card['training_sends_per_image']} times; at most "
+                     f"{bound_lib.bits_text(card['training_bits_per_image'])} bits about it reached the server")
     if card.get("worst_attack") is None:
         lines.append(f"warning: {model_dir} has no leakage evaluation: the manifest's privacy card holds only the "
                      f"bound; run python -m train.leakage --model_dir={model_dir} before shipping this client")
@@ -95,7 +103,7 @@ def write_manifest(model_dir: str, split, metrics: dict, images: ExportImages,
         alpha=float(metrics["alpha"]), preprocessing=images.preprocessing,
         activation_shape=list(metrics["activation_shape"]), clients=clients,
         source_metrics={key: metrics[key] for key in ("test_accuracy", "test_dcor", "dcor_batch_size")},
-        privacy=privacy_card(model_dir, export_bound(split, metrics, clients)), noise=noise)
+        privacy=privacy_card(model_dir, export_bound(split, metrics, clients), metrics), noise=noise)
     for line in privacy_verdict(manifest.privacy, model_dir):
         log(line)
     manifest.save(folder)
