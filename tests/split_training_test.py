@@ -451,9 +451,9 @@ def test_each_side_exports_and_together_they_serve_the_edge_client(tmp_path):
                                    log=lambda *_: None)
     client_folder = client_dir / "export" / "client"
     assert manifest.clients["float32"].parity["max_abs_activation_diff"] < 1e-4
-    # The card says what training revealed: 3 sends of each image, unbounded here (float32 values, no noise).
+    # The card says what training revealed: 3 sends of each image, bounded only by the float16 wire (no noise).
     assert manifest.privacy["training_sends_per_image"] == 3
-    assert manifest.privacy["training_bits_per_image"] == 3 * 32 * int(np.prod(manifest.activation_shape))
+    assert manifest.privacy["training_bits_per_image"] == 3 * 16 * int(np.prod(manifest.activation_shape))
     with pytest.raises(export.ExportError, match="give --client_manifest"):
         export.export_model(export.ExportConfig(model_dir=str(server_dir)))
     export.export_model(export.ExportConfig(model_dir=str(server_dir),
