@@ -18,7 +18,6 @@ python -m train.attack_benchmark, or nopeek_tf.adversary.scoring.score.
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,7 +26,6 @@ from absl import flags
 from nopeek_tf import config as config_lib
 from nopeek_tf import runtime
 from nopeek_tf.adversary.settings import AttackSettings
-from nopeek_tf.split_learning import protocol
 
 from . import split_server
 
@@ -41,22 +39,17 @@ def define_flags() -> None:
     FLAGS.set_default("model_dir", "runs/attack_server")
 
 
-def main(argv):
-    runtime.start_tensorflow_script(argv)
+def attacking_state():
+    """The attack's state machine, from the parsed flags (ConfigError naming a bad one)."""
     from nopeek_tf.adversary.server import state_factory
-    from nopeek_tf.split_learning import server
-    from nopeek_tf.training.data import DatasetError
 
-    try:
-        config, split_settings, server_settings = protocol.settings_from_flags(protocol.ServerSettings)
-        attack = config_lib.from_flags(AttackSettings)
-        attack.validate()
-        server.serve(config, split_settings, server_settings, FLAGS.model_dir, log=lambda line: print(line, flush=True),
-                     class_names=FLAGS.class_names, make_state=state_factory(attack))
-    except DatasetError as error:
-        sys.exit(f"error: --dataset: {error}")
-    except config_lib.ConfigError as error:
-        sys.exit(f"error: {error}")
+    attack = config_lib.from_flags(AttackSettings)
+    attack.validate()
+    return state_factory(attack)
+
+
+def main(argv):
+    split_server.main(argv, attacking_state)
 
 
 def run() -> None:

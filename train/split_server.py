@@ -47,7 +47,9 @@ def serving_server():
     return importlib.import_module(f"{package}.serving.server" if package else "serving.server")
 
 
-def main(argv):
+def main(argv, state_from_flags=None):
+    """Serves until training ends. ``state_from_flags``: builds, from the parsed flags, what the server's state
+    machine is made with (train.attack_server's attacking one); None: the honest server."""
     runtime.start_tensorflow_script(argv)
     from nopeek_tf.split_learning import server
     from nopeek_tf.training.data import DatasetError
@@ -58,8 +60,9 @@ def main(argv):
     try:
         config, split_settings, server_settings = protocol.settings_from_flags(protocol.ServerSettings)
         credentials = read_ssl_config(server_settings.ssl_config_file) if server_settings.ssl_config_file else None
+        extra = {"make_state": state_from_flags()} if state_from_flags else {}
         server.serve(config, split_settings, server_settings, FLAGS.model_dir, credentials,
-                     log=lambda line: print(line, flush=True), class_names=FLAGS.class_names)
+                     log=lambda line: print(line, flush=True), class_names=FLAGS.class_names, **extra)
     except DatasetError as error:
         sys.exit(f"error: --dataset: {error}")
     except (config_lib.ConfigError, ServingConfigError) as error:
