@@ -330,10 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def privacy_line(client: EdgeClient) -> str:
     """What the device enforced: its noise (and where it came from), the bound it computed, its budget."""
     label = (client.manifest.privacy or {}).get("label_bits")
-    bound = (f"one request reveals at most {bound_lib.bits_text(client.bound_bits)} bits about an image (computed "
-             f"by this device from the noise it adds" + (f"; the class takes {label:.2f})" if label else ")"))
+    the_class = f"; the class takes {label:.2f}" if label else ""
     if client.noise is None:
-        return f"no device noise: {bound}, the wire's own limit"
+        return (f"no device noise: one request may reveal up to {bound_lib.bits_text(client.bound_bits)} bits about "
+                f"an image (the wire's own limit{the_class})")
+    bound = (f"one request reveals at most {bound_lib.bits_text(client.bound_bits)} bits about an image (computed "
+             f"by this device from the noise it adds{the_class})")
     noise, source = client.noise.noise, "the manifest's"
     if client.max_bits is not None:
         asked = client.manifest.noise.stddev if client.manifest.noise else 0.0

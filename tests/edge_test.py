@@ -263,7 +263,8 @@ def test_cli_without_tensorflow(served):
         lines = result.stdout.splitlines()
         assert len([line for line in lines if ".pgm: " in line]) == 11
         assert "device" in lines[0] and "network+server" in lines[0]
-        assert lines[-1].startswith(f"11 images via {transport_name} ({variant} client)")
+        assert lines[-2].startswith(f"11 images via {transport_name} ({variant} client)")
+        assert lines[-1].startswith("no device noise: one request may reveal up to ")  # NoPeek alone: no bound
     result = _run_edge_cli(["--tflite", _tflite(export_dir, "int8"), "--server", server.rest, "/no/such.png"])
     assert result.returncode == 1 and result.stderr.strip() == "error: /no/such.png: no such file or folder"
 
