@@ -145,17 +145,16 @@ def _score(server_dir, client_dir):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="needs Debian's dataset-fashion-mnist")
 def test_fsha_runs_against_the_client_and_the_guard_stops_it_within_the_first_epoch(tmp_path):
-    training = [*TINY, "--epochs=1"]
-    client, server_dir, client_dir, code = _attack(tmp_path, "fsha", training, ["--hijack_check_every=0"],
-                                                   name="unguarded")
-    assert code == 0  # without the guard the client notices nothing: it logs an accuracy and saves a model
-    score = _score(server_dir, client_dir)
-    assert score["scored_steps"] == 16 and {"ssim", "label_floor_ssim", "excess_ssim", "steps_to_success"} <= set(score)
-    client, server_dir, client_dir, code = _attack(tmp_path, "fsha", training, name="guarded")
+    """The guard is on by default: the client stops at its second probe, writes no model, and what the attacker
+    got until then is scored. (docs/threat_model.md has FSHA run to the end against the unguarded client.)"""
+    client, server_dir, client_dir, code = _attack(tmp_path, "fsha", [*TINY, "--epochs=1"])
     last = client.output().strip().splitlines()[-1]
     assert code != 0 and last.startswith("error: client 0: hijack:") and "at steps" in last, client.output()[-2000:]
-    assert int(last.split("at steps ")[1].split(";")[0].split(",")[-1]) < 16  # caught within the first epoch
+    detected = int(last.split("at steps ")[1].split(";")[0].split(",")[-1])
+    assert detected < 16  # caught within the first epoch
     assert not os.path.exists(client_dir / "client.keras") and not os.path.exists(client_dir / "metrics.json")
+    score = _score(server_dir, client_dir)
+    assert 1 <= score["scored_steps"] <= detected and {"ssim", "label_floor_ssim", "excess_ssim"} <= set(score)
 
 
 @pytest.mark.slow
