@@ -46,6 +46,11 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
     except config_lib.ConfigError as error:
         raise ExportError(str(error)) from None
     found = model_dir_lib.read_metrics(config.model_dir)
+    if found.get("collapsed") and not config.force:
+        raise ExportError(f"{config.model_dir}: test accuracy {found['test_accuracy']:.4f} is at chance "
+                          f"({found['chance_accuracy']:.4f}): the model did not learn the task, and its exported "
+                          "client would answer at random; retrain it (python -m train.train prints what to try) or "
+                          "give --force")
     side = found.get("split_side")
     if side == "server":
         return export_split_server(config, found, log)

@@ -42,6 +42,8 @@ class ExportConfig(config_lib.Settings):
                                                      "train.split_server): the manifest.json of the client's "
                                                      "export, which names the model, version and int8 wire the "
                                                      "server half must pair with.")
+    force: bool = config_lib.setting(False, "Export a model dir whose test accuracy is at chance (metrics.json's "
+                                     "collapsed), which export otherwise refuses.")
 
     def validate(self) -> None:
         if not self.variants:

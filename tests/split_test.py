@@ -236,7 +236,8 @@ def test_your_own_model_on_a_folder_of_colour_pngs_end_to_end(tmp_path):
     assert reconstructions["original"].shape[1:] == (28, 23, 3) and reconstructions["label_aware"].shape[-1] == 3
 
     manifest = export.export_model(export.ExportConfig(model_dir=model_dir, export_dir=str(tmp_path / "export"),
-                                                       parity_images=12, representative_images=20),
+                                                       parity_images=12, representative_images=20,
+                                                       force=True),  # briefly trained: the export is tested
                                    log=lambda *_: None)
     assert manifest.preprocessing.channels == 3 and manifest.preprocessing.image_size == [28, 23]
     assert manifest.preprocessing.resize_method == "area" and manifest.arch == "mine.keras"

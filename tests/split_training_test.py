@@ -447,7 +447,7 @@ def test_each_side_exports_and_together_they_serve_the_edge_client(tmp_path):
     from tests.local_server import LocalServer
 
     server_dir, (client_dir,) = _run(tmp_path, [*ORL, "--epochs=3", "--cut=conv4", "--wire=float16"])
-    manifest = export.export_model(export.ExportConfig(model_dir=str(client_dir), parity_images=40),
+    manifest = export.export_model(export.ExportConfig(model_dir=str(client_dir), parity_images=40, force=True),
                                    log=lambda *_: None)
     client_folder = client_dir / "export" / "client"
     assert manifest.clients["float32"].parity["max_abs_activation_diff"] < 1e-4

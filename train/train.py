@@ -50,6 +50,7 @@ def define_flags() -> None:
 
 def main(argv):
     runtime.start_tensorflow_script(argv)
+    from nopeek_tf.training.collapse import TrainingCollapsed
     from nopeek_tf.training.data import DatasetError
     from nopeek_tf.training import cuts_table, train_and_evaluate
 
@@ -63,7 +64,7 @@ def main(argv):
         train_and_evaluate(config, FLAGS.model_dir)
     except DatasetError as error:
         sys.exit(f"error: --dataset: {error}")
-    except config_lib.ConfigError as error:
+    except (config_lib.ConfigError, TrainingCollapsed) as error:
         sys.exit(f"error: {error}")
 
 

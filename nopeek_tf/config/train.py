@@ -184,6 +184,8 @@ class ReportingSettings(Settings):
     dcor_batch_size: int = setting(100, "Batch size of the test dCor (a batch statistic).", minimum=2)
     leakage_images: int = setting(0, "Log the test dCor and a quick attack's SSIM on this many test images to "
                                   "TensorBoard every epoch (0: off).", minimum=0, resumable=True)
+    strict: bool = setting(False, "A model whose test accuracy ends at chance is an error (exit 1; its model dir is "
+                           "still written, marked collapsed) rather than a warning.", resumable=True)
     verbose: int = setting(2, "Keras fit verbosity.", flag=False, saved=False)
 
 

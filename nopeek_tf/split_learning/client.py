@@ -30,7 +30,7 @@ from nopeek_tf.config import ConfigError, TrainConfig
 from nopeek_tf.core import models
 from nopeek_tf.core.dcor import mean_batch_dcor
 from nopeek_tf.device.bound import bits_text
-from nopeek_tf.training import data, loop
+from nopeek_tf.training import collapse, data, loop
 
 from . import guard as guard_lib
 from .accounting import SendLog, Traffic, traffic_report
@@ -368,7 +368,7 @@ class SplitClient:
         """Test accuracy and loss through both halves over the service, and the test dCor of what is sent."""
         wire = self.split_settings.wire
         loss_sum = correct = count = 0.0
-        images_all, sent_all = [], []
+        images_all, sent_all, labels_all = [], [], []
         for images, labels in data.make_pipeline(self.run.raw.test, self.config.batch_size, False, self.config.seed):
             sent = keras.ops.convert_to_numpy(self.split.send(images, training=False))
             response = self._call("Evaluate", pb.EvaluateRequest(client_id=self.client_id,
@@ -381,10 +381,12 @@ class SplitClient:
             count += len(labels)
             images_all.append(images.numpy())
             sent_all.append(sent)
+            labels_all.append(labels)
         test_dcor, dcor_batch_size = mean_batch_dcor(np.concatenate(images_all), np.concatenate(sent_all),
                                                      self.config.dcor_batch_size)
         return {"test_accuracy": correct / count, "test_loss": loss_sum / count, "test_dcor": test_dcor,
-                "dcor_batch_size": dcor_batch_size}
+                "dcor_batch_size": dcor_batch_size,
+                **collapse.collapse_report(correct / count, np.concatenate(labels_all))}
 
     def finish(self) -> dict:
         """Evaluates, leaves the server, writes client.keras and metrics.json; returns the metrics."""
@@ -408,6 +410,7 @@ class SplitClient:
         self.log(f"client {self.client_id}: each training image was sent {metrics['training_sends_per_image']} "
                  f"times: at most {bits_text(metrics['training_bits_per_image'])} bits about it reached the server"
                  + ("" if self.split.device_noise else " (no device noise: only the wire limits it)"))
+        training.warn_if_collapsed(metrics, self.config.strict)
         return metrics
 
 
@@ -432,6 +435,8 @@ def train_and_evaluate(config: TrainConfig, split_settings: protocol.SplitSettin
         return client.finish()
     except protocol.ProtocolError as error:  # an answer of the server this client cannot use
         raise SplitClientError(f"the server's answer: {error}") from None
+    except collapse.TrainingCollapsed as error:
+        raise SplitClientError(str(error)) from None
 
 
 __all__ = ["SplitClient", "SplitClientError", "train_and_evaluate", "ConfigError"]

@@ -27,7 +27,7 @@ SERVICE = "nopeek_split.SplitTraining"
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a client half's weights travel in one message
 # Flags that may differ between the server and a client: where each side keeps its files and runs.
 PER_MACHINE_FLAGS = ("data_dir", "test_fraction", "strategy", "devices", "peer_timeout_seconds", "cpu_devices",
-                     "leakage_images", "dcor_batch_size", "defence")
+                     "leakage_images", "dcor_batch_size", "defence", "strict")
 _WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
 
 

@@ -27,7 +27,7 @@ from nopeek_tf.config import TrainConfig
 from nopeek_tf.core import models
 from nopeek_tf.core.dcor import mean_batch_dcor
 from nopeek_tf.device import bound
-from nopeek_tf.training import data, distribute, loop, networks
+from nopeek_tf.training import collapse, data, distribute, loop, networks
 
 
 @dataclasses.dataclass
@@ -232,10 +232,11 @@ def fit(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> t
 def evaluate(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds) -> dict:
     """Test accuracy and loss, and the mean test dCor of what the client sends."""
     evaluation = trainer.evaluate(test_ds)
-    images = test_images(run)
+    images, labels = data.to_arrays(run.raw.test)
     test_dcor, dcor_batch_size = mean_batch_dcor(images, split.sent_activations(images), run.config.dcor_batch_size)
     return {"test_accuracy": evaluation["accuracy"], "test_loss": evaluation["loss"],
-            "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size}
+            "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size,
+            **collapse.collapse_report(evaluation["accuracy"], labels)}
 
 
 def step_schedules(config: TrainConfig) -> list[models.AlphaSchedule]:
@@ -315,4 +316,14 @@ def train_and_evaluate(config: TrainConfig, model_dir: str | None = None) -> dic
     else:
         print(f"{distribute.task_name(run.strategy)}: not the chief, wrote no files", flush=True)
     print(f"weights fingerprint {distribute.weights_fingerprint(split.full)}", flush=True)
+    warn_if_collapsed(metrics, run.config.strict)
     return metrics
+
+
+def warn_if_collapsed(metrics: dict, strict: bool) -> None:
+    """Prints the one-line warning of a model at chance (:mod:`collapse`); ``strict``: raises it instead."""
+    message = collapse.collapse_message(metrics)
+    if message and strict:
+        raise collapse.TrainingCollapsed(f"--strict: {message}")
+    if message:
+        print(f"warning: {message}", flush=True)
