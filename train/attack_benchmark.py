@@ -99,7 +99,7 @@ def run_attack(client: str, attack: str, defended: bool, work: str, port: int, l
     started = time.time()
     server_log, client_log = os.path.join(folder, "server.log"), os.path.join(folder, "client.log")
     server = program("train.attack_server", [*training, f"--attack={attack}", f"--pilot_steps={FLAGS.pilot_steps}",
-                                             f"--port={port}", "--client_timeout_seconds=30",
+                                             f"--port={port}", "--client_timeout_seconds=120",
                                              f"--model_dir={folder}/server"], server_log)
     _wait_for_line(server_log, "split server on port", server)
     client_args = [*training, f"--server=localhost:{port}", f"--num_shards={FLAGS.num_shards}",
