@@ -43,8 +43,11 @@ def test_the_probe_tells_a_task_gradient_from_one_that_ignores_the_labels():
 
 
 def test_the_guard_convicts_after_probes_in_a_row_and_names_the_evidence():
-    watch = guard.HijackGuard(every=10)
-    assert watch.due()  # the first step is always probed
+    watch = guard.HijackGuard(every=10 ** 9)
+    assert watch.due()  # the first two steps are always probed, then about one in `every`
+    watch.record(0, np.ones(4), -np.ones(4))
+    assert watch.due()
+    watch.scores.clear()
     watch.record(0, np.ones(4), np.ones(4) * 1.1)
     watch.record(5, np.ones(4), -np.ones(4))  # a task-trained answer resets the count
     watch.record(9, np.ones(4), np.ones(4) * 1.1)

@@ -64,13 +64,14 @@ class HijackGuard:
     """Decides when to probe and keeps the evidence.
 
     Args:
-      every: one probe per this many steps on average (0: never), at random steps from the operating
-        system's generator, so that the server cannot tell which steps will be probed.
+      every: after the first ``convict_after`` steps (always probed: a hijacker pulls the features from its
+        first answer on), one probe per this many steps on average (0: never probe), at random steps from
+        the operating system's generator, so that the server cannot tell which steps will be probed.
       threshold: a probe scoring below it counts against the server.
       convict_after: probes in a row below the threshold that stop the client.
     """
 
-    every: int = 10
+    every: int = 50
     threshold: float = HIJACK_THRESHOLD
     convict_after: int = PROBES_TO_CONVICT
     scores: list = dataclasses.field(default_factory=list)
@@ -80,7 +81,7 @@ class HijackGuard:
 
     def due(self) -> bool:
         """Whether to probe the step just taken."""
-        return self.every > 0 and (not self.scores or self.rng.random() < 1.0 / self.every)
+        return self.every > 0 and (len(self.scores) < self.convict_after or self.rng.random() < 1.0 / self.every)
 
     def record(self, step: int, gradient: np.ndarray, probe_gradient: np.ndarray) -> float:
         """Scores one probe; HijackDetected (its text contains ``hijack`` and the evidence) on conviction."""

@@ -122,9 +122,10 @@ class ClientSettings(config_lib.Settings):
                                         "client half that passes through the server is tagged with an HMAC "
                                         "of it, and a half whose tag does not verify is refused (the "
                                         "clients average the signed halves themselves under splitfed).")
-    hijack_check_every: int = setting(10, "Probe the server about once per this many steps: resend a batch with "
-                                      "every label changed and stop with a 'hijack' error when its answer "
-                                      "does not change (a server training its own loss); 0: never.",
+    hijack_check_every: int = setting(50, "Probe the server at the first two steps, then about once per this "
+                                      "many: resend a batch with every label changed and stop with a 'hijack' "
+                                      "error when its answer does not change (a server training its own loss). "
+                                      "Each probe costs an honest server a step on wrong labels; 0: never.",
                                       minimum=0)
 
     def validate(self) -> None:
