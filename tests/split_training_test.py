@@ -148,7 +148,8 @@ def test_one_client_sequential_equals_central_training(tmp_path, alpha, batch_si
     from nopeek_tf.config import TrainConfig
     from nopeek_tf.training import networks
 
-    flags = dict(dataset="orl_faces", defence="plain", alpha=alpha, epochs=epochs, batch_size=batch_size, seed=3)
+    flags = dict(dataset="orl_faces", defence="plain", alpha=alpha, epochs=epochs, batch_size=batch_size, seed=3,
+                 alpha_warmup_epochs=0, alpha_ramp_epochs=0)  # dCor from the first step
     args = [f"--{key}={value}" for key, value in flags.items()]
     # Central training as a program too: both sides then run with the same TensorFlow settings.
     Program("train.train", [*args, f"--model_dir={tmp_path / 'central'}"], tmp_path / "central.log").finish()

@@ -16,7 +16,7 @@ from nopeek_tf.config.settings import (  # noqa: F401  (the front door)
     flag_fields, from_flags, given_flags, leaf_fields, parse_image_size, resumable_fields,
     setting, to_json)
 from nopeek_tf.config.train import (  # noqa: F401  (the front door)
-    BUILT_IN_ARCHITECTURES, DATASET_DEFAULTS, DEFAULT_ARCH_FOR_DATASET, DEFENCE_FIELDS,
+    AUTO_WARMUP_SHARE, BUILT_IN_ARCHITECTURES, DATASET_DEFAULTS, DEFAULT_ARCH_FOR_DATASET, DEFENCE_FIELDS,
     DEFENCES, NOISE_KINDS, OTHER_DATASET_DEFAULTS, RECOMMENDED_DEFENCE, STRATEGIES,
     DataSettings, Defence, DistributionSettings, NetworkSettings,
     OptimisationSettings, ReportingSettings, TrainConfig, default_arch, flag_text)

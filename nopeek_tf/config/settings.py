@@ -218,6 +218,8 @@ def check(config) -> None:
 
 
 def _check_value(name: str, value: Any, meta) -> None:
+    if value is None:  # an optional setting left unset
+        return
     why = f" ({meta['why']})" if meta.get("why") else ""
     if meta.get("choices") and value not in meta["choices"]:
         raise ConfigError(f"--{name} must be one of {', '.join(meta['choices'])}, got {value!r}")

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from nopeek_tf.config import Defence
+from nopeek_tf.config import AUTO_WARMUP_SHARE, Defence
 from nopeek_tf.core.architectures import ARCHITECTURES, Architecture, get_architecture, resolve_cut  # noqa: F401
 from nopeek_tf.core.layers import (  # noqa: F401  (the model's layers and their names, importable from here)
     BOTTLENECK_NAME, BOUNDED_NAME, CLIENT_NAME, DCOR_METRIC_NAME, DEVICE_NOISE_NAME, NOISE_NAME, NOPEEK_NAME,
@@ -70,6 +70,17 @@ class SplitModel:
     def bounded(self) -> bool:
         """True when the client ends in tanh (every value it sends lies in [-1, 1])."""
         return self.client.layers[-1].name == BOUNDED_NAME
+
+    def warmup(self, epochs: float) -> AlphaSchedule:
+        """The Keras callback that warms NoPeek up in ``fit`` as ``train.train`` does by default: alpha 0 for the
+        first :data:`nopeek_tf.config.AUTO_WARMUP_SHARE` of ``epochs``, then a ramp over as many (without it,
+        alpha * dCor can win before the task starts: a model at chance).
+
+        Example:
+          >>> halves.full.fit(images, labels, epochs=10, callbacks=[halves.warmup(epochs=10)])
+        """
+        share = AUTO_WARMUP_SHARE * epochs
+        return AlphaSchedule(warmup_epochs=share, ramp_epochs=share)
 
     def sent_activations(self, images, batch_size: int = 256):
         """What the device sends for ``images`` (numpy), as numpy, computed in batches."""

@@ -17,7 +17,8 @@ def get_config() -> SweepSettings:
     return SweepSettings(
         sweep=SweepConfig(sweep_dir="runs/sweep_orl", alphas=(0, 1, 3, 10), gaussian_noise=(1, 3),
                           uniform_noise=(1, 3)),
-        train=TrainConfig(dataset="orl_faces", image_size=(56, 46), epochs=40, batch_size=32, verbose=0),
+        train=TrainConfig(dataset="orl_faces", image_size=(56, 46), epochs=40, batch_size=32, alpha_warmup_epochs=0.0,
+                          alpha_ramp_epochs=0.0, verbose=0),  # as measured: no NoPeek warm-up
         budget=AttackBudget(leaked_fraction=0.5, decoder_width=32, decoder_epochs=40, inversion_steps=300,
                             inversion_images=32),
         evaluation=EvaluationConfig(train_images=280, test_images=120, recognizer_epochs=20))
