@@ -6,11 +6,13 @@
   :class:`NetworkSettings`, :class:`Defence`, :class:`OptimisationSettings`,
   :class:`DistributionSettings`, :class:`ReportingSettings`), and the measured recommendations.
 * :mod:`nopeek_tf.config.attack`: :class:`AttackBudget`, :class:`EvaluationConfig` and the quick budget.
+* :mod:`nopeek_tf.config.recommend`: :class:`RecommendSettings`, the limits of ``train.recommend``.
 
 A script run by :func:`nopeek_tf.runtime.run_absl_cli` lists these flags in its ``--helpshort``.
 """
 
 from nopeek_tf.config.attack import QUICK_BUDGET, QUICK_EVALUATION, AttackBudget, EvaluationConfig
+from nopeek_tf.config.recommend import RecommendSettings
 from nopeek_tf.config.settings import (  # noqa: F401  (the front door)
     ConfigError, Settings, changed_settings, check, define_flags, field_names,
     flag_fields, from_flags, given_flags, leaf_fields, parse_image_size, resumable_fields,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,7 +95,8 @@ def save_privacy_utility(path: str, rows: list[dict], title: str) -> None:
     _save(plt, figure, path, dpi=110)
 
 
-def save_frontier(path: str, rows: list[dict], title: str) -> None:
+def save_frontier(path: str, rows: list[dict], title: str, labelled: Sequence[str] | None = None,
+                  chosen: str | None = None) -> None:
     """Test accuracy against excess leakage over the label-only floor and against the bound in bits, one
     marker per cut.
 
@@ -103,6 +105,8 @@ def save_frontier(path: str, rows: list[dict], title: str) -> None:
       rows: rows of :func:`nopeek_tf.experiments.frontier.frontier_row` (``cut``, ``defence``, ``test_accuracy``,
         ``excess_ssim``, ``bound_bits``, ``label_bits``, ``activation_bytes_int8``, ``client_flops_share``).
       title: the figure's title.
+      labelled: the ``run`` of the rows to label with their defence (None: every row).
+      chosen: the ``run`` of a row to ring (a recommendation's choice).
     """
     plt = _pyplot()
     with_bound = any(row.get("bound_bits") for row in rows)
@@ -119,6 +123,11 @@ def save_frontier(path: str, rows: list[dict], title: str) -> None:
             points = axis.scatter([row[key] for row in members], [row["test_accuracy"] for row in members],
                                   marker=marker, s=50, label=label)
             for row in members:
+                if row.get("run") == chosen:
+                    axis.scatter([row[key]], [row["test_accuracy"]], s=260, facecolors="none", edgecolors="black",
+                                 linewidths=1.5, label="the choice" if key == "excess_ssim" else None)
+                if labelled is not None and row.get("run") not in labelled:
+                    continue
                 note = _short_defence(row["defence"])
                 if row["activation_bytes_int8"] is not None:
                     note += f"; {row['activation_bytes_int8']:,} B"
@@ -149,7 +158,9 @@ _SHORT_FLAGS = (("--adversary_label_aware", "label-aware"), ("--adversary_weight
 
 
 def _short_defence(flags_text: str) -> str:
-    """A plot label for a row's defence flags: "bottleneck 4 adversary 1 label-aware"."""
+    """A plot label for a row's defence flags: "bottleneck 4 adversary 1 label-aware" (NoPeek's warm-up left out:
+    train.train's default)."""
+    flags_text = re.sub(r"--alpha_(warmup|ramp)_epochs=[0-9.]+ ?", "", flags_text)
     for long, short in _SHORT_FLAGS:
         flags_text = flags_text.replace(long, short)
     return flags_text or "undefended"

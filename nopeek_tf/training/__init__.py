@@ -10,7 +10,7 @@ The front door: what users and the programs above call. The package's modules:
 * :mod:`nopeek_tf.training.collapse`: a model at chance, caught (metrics.json's ``collapsed``, ``--strict``).
 """
 
-from nopeek_tf.training.networks import build_split, cuts_table, resolve_network  # noqa: F401
+from nopeek_tf.training.networks import build_split, cuts_table, resolve_network, valid_cuts  # noqa: F401
 from nopeek_tf.training.runner import (  # noqa: F401  (the front door)
     Run, load_dataset, model_metrics, resolve_config, start_run, step_schedules,
     train_and_evaluate, warn_if_collapsed)

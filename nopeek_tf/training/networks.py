@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from nopeek_tf.config import BUILT_IN_ARCHITECTURES, ConfigError, TrainConfig, default_arch
 from nopeek_tf.core import models
@@ -115,6 +116,21 @@ def build_split(config: TrainConfig, input_shape: Sequence[int], num_classes: in
     if network is None:
         return models.build_split_model(config.arch, input_shape, num_classes, config.cut, defence)
     return split_lib.split_model(network, config.cut, defence)
+
+
+def valid_cuts(config: TrainConfig, input_shape: Sequence[int], num_classes: int) -> list[split_lib.Cut]:
+    """Every valid cut of a config's network with what the device sends and computes there: a user's network's
+    from its graph, a built-in architecture's by building it at each of its cuts (no defence)."""
+    network = load_network(config, input_shape, num_classes)
+    if network is not None:
+        return split_lib.Graph(network).valid_cuts()
+    cuts = []
+    for cut in models.get_architecture(config.arch).cuts:
+        split = models.build_split_model(config.arch, input_shape, num_classes, cut)
+        client, server = models.flops(split.client), models.flops(split.server)
+        cuts.append(split_lib.Cut(cut, split.activation_shape, int(np.prod(split.activation_shape)), client,
+                                  client / max(client + server, 1)))
+    return cuts
 
 
 def cuts_table(config: TrainConfig) -> str:
