@@ -54,10 +54,11 @@ def test_the_wheel_installs_one_top_level_package_and_the_console_scripts(wheel)
                    "nopeek_tf/edge/proto/predict_pb2.py", "nopeek_tf/train/configs/fashion_mnist.py",
                    "nopeek_tf/core/split.py", "nopeek_tf/device/manifest.py", "nopeek_tf/training/data.py",
                    "nopeek_tf/attacks/reconstruction.py", "nopeek_tf/config/train.py", "nopeek_tf/train/split_server.py",
-                   "nopeek_tf/split_learning/split_training_pb2.py", "nopeek_tf/split_learning/split_training.proto"):
+                   "nopeek_tf/split_learning/split_training_pb2.py", "nopeek_tf/split_learning/split_training.proto",
+                   "nopeek_tf/adversary/server.py", "nopeek_tf/device/policy.py", "nopeek_tf/train/recommend.py"):
         assert module in names
     for script in ("nopeek-train", "nopeek-leakage", "nopeek-export", "nopeek-serve", "nopeek-edge",
-                   "nopeek-split-server", "nopeek-split-client"):
+                   "nopeek-split-server", "nopeek-split-client", "nopeek-recommend"):
         assert f"{script} = " in entry_points
 
 

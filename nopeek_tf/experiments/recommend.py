@@ -164,6 +164,7 @@ class Search:
         first = self._train(config.replace(epochs=1), folder)
         metrics = self._train(config, folder)
         self.reference = {"test_accuracy": metrics["test_accuracy"], "first_epoch_accuracy": first["test_accuracy"],
+                          "first_epoch_collapsed": bool(first.get("collapsed")),
                           "cut": cut.name, "seconds": time.time() - self.started, "model_dir": folder}
         self.log(f"recommend: the undefended run ({cut.name}, {self.trial_epochs} epochs): test accuracy "
                  f"{metrics['test_accuracy']:.4f}; candidates must reach {metrics['test_accuracy'] - self.settings.max_accuracy_drop:.4f}")
@@ -180,9 +181,9 @@ class Search:
         folder = os.path.join(self.folder, "trials", f"{trial.number:03d}")
         trial.set_user_attr("model_dir", folder)
 
-        def hopeless(metrics: dict) -> None:
-            if metrics.get("collapsed") or metrics["test_accuracy"] < (self.reference["first_epoch_accuracy"]
-                                                                       - PRUNE_POINTS):
+        def hopeless(metrics: dict) -> None:  # at chance where the undefended run was not, or far below it
+            if (metrics.get("collapsed") and not self.reference["first_epoch_collapsed"]) or \
+                    metrics["test_accuracy"] < self.reference["first_epoch_accuracy"] - PRUNE_POINTS:
                 self.log(f"recommend: candidate {trial.number} pruned after one epoch (test accuracy "
                          f"{metrics['test_accuracy']:.4f}; the undefended run's first epoch: "
                          f"{self.reference['first_epoch_accuracy']:.4f})")
@@ -267,9 +268,10 @@ class Search:
                            show_progress_bar=True)
         rows = self.finished_rows(study)
         if not rows:
-            raise ConfigError(f"--budget_minutes={self.settings.budget_minutes:g}: no candidate finished in time "
-                              f"(the undefended run alone took {self.reference['seconds'] / 60:.1f} minutes); "
-                              "give more minutes or fewer --trial_epochs")
+            pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+            raise ConfigError(f"--budget_minutes={self.settings.budget_minutes:g}: no candidate finished ({pruned} "
+                              f"pruned after one epoch, far below the undefended run); give more minutes or fewer "
+                              "--trial_epochs")
         # Short runs vary: the reference is the better of the undefended run and the best candidate.
         reference = max(self.reference["test_accuracy"], max(row["test_accuracy"] for row in rows))
         chosen, why = choose(rows, reference, self.settings.max_accuracy_drop)
