@@ -122,6 +122,7 @@ def test_attacks_reconstruct_a_leaky_client_and_not_a_blind_one(faces):
     assert blind.worst.ssim < report.worst.ssim - 0.2
 
 
+@pytest.mark.slow  # about 24 s: the default suite stays under 5 minutes
 def test_label_aware_decoder_reaches_the_floor_on_a_client_that_sends_only_the_label():
     """A client whose activations say nothing (a constant) while the server answers the true class: the
     label-aware decoder is given exactly the label, and must do at least as well as the class means."""

@@ -202,6 +202,7 @@ def test_the_library_takes_a_tf_data_dataset():
         data.from_datasets(ds.batch(2), ds, ["a", "b"])
 
 
+@pytest.mark.slow  # about 24 s: the default suite stays under 5 minutes
 def test_your_own_model_on_a_folder_of_colour_pngs_end_to_end(tmp_path):
     """A saved Keras model + a folder of colour PNGs -> train -> export -> the local server -> the edge client
     classifies a colour JPEG of another size as the Keras model does."""
