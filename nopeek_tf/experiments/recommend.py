@@ -178,6 +178,11 @@ class Search:
             self.config, cut, trial.suggest_categorical("bottleneck", BOTTLENECKS),
             trial.suggest_categorical("device_noise", NOISES), trial.suggest_categorical("alpha", ALPHAS),
             trial.suggest_categorical("adversary_weight", ADVERSARY_WEIGHTS), self.trial_epochs)
+        for earlier in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if earlier.params == trial.params:  # the sampler proposed a candidate already trained: its figures
+                trial.set_user_attr("model_dir", earlier.user_attrs["model_dir"])
+                trial.set_user_attr("same_as", earlier.number)
+                return tuple(earlier.values)
         folder = os.path.join(self.folder, "trials", f"{trial.number:03d}")
         trial.set_user_attr("model_dir", folder)
 
@@ -235,6 +240,8 @@ class Search:
 
         rows = []
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if "same_as" in trial.user_attrs:
+                continue
             row = frontier.frontier_row(trial.user_attrs["model_dir"])
             rows.append({**row, "trial": trial.number, "run": f"candidate {trial.number}"})
         return rows
