@@ -150,8 +150,9 @@ def write_table(rows: list[dict], out: str) -> None:
         return f"{float(value):.{digits}f}" if value not in (None, "") else ""
 
     lines = ["| client | attack | client's defences | how its run ended | logged test accuracy | SSIM | floor | "
-             "**excess** | steps to success | label inference: direction AUC, cluster accuracy (chance) | "
-             "bits per training image |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "**excess** (last epoch) | peak excess (20 batches) | steps to success | label inference: direction "
+             "AUC, cluster accuracy (chance) | bits per training image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         label = (f"{number(row, 'direction_auc')}, {number(row, 'cluster_accuracy')} "
                  f"({number(row, 'chance_accuracy')})" if row.get("direction_auc") not in (None, "") else "")
@@ -162,7 +163,8 @@ def write_table(rows: list[dict], out: str) -> None:
             outcome = "stopped: refused the substituted half"
         lines.append(f"| {CLIENTS[row['client']][1]} | {row['attack']} | {row['defences']} | {outcome} | "
                      f"{number(row, 'test_accuracy')} | {number(row, 'ssim')} | {number(row, 'label_floor_ssim')} | "
-                     f"{bold(number(row, 'excess_ssim'))} | {row.get('steps_to_success') or ''} | {label} | "
+                     f"{bold(number(row, 'excess_ssim'))} | {number(row, 'best_rolling_excess')} | "
+                     f"{row.get('steps_to_success') or ''} | {label} | "
                      f"{bits_text(float(row['training_bits_per_image'])) if row.get('training_bits_per_image') else ''} |")
     files.write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
 
