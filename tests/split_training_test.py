@@ -365,18 +365,22 @@ def test_client_killed_mid_epoch_is_passed_over_and_rejoins(tmp_path, schedule, 
     clients = [Program("train.split_client", [*flags, f"--server=localhost:{port}", f"--shard={i}", "--num_shards=2",
                                               f"--model_dir={tmp_path / f'client{i}'}"], tmp_path / f"client{i}.log")
                for i in range(2)]
-    server.wait_for("epoch 1/4 finished")
-    time.sleep(0.5)  # into client 0's second turn (70 steps of 2 images)
+    server.wait_for("epoch 2: client 0's turn" if schedule == "sequential" else "epoch 1/4 finished")
+    time.sleep(0.3)  # into client 0's second turn (70 steps of 2 images, about 2 s here)
     clients[0].kill()
     server.wait_for(f"client 0 silent for 8 s; {passed_over}")
     clients[0].start()
     for program in [*clients, server]:
         program.finish()
-    assert "resuming from the checkpoint after epoch 1" in clients[0].output()
+    logs = f"server:\n{server.output()[-3000:]}\nclient 0:\n{clients[0].output()[-3000:]}"
     history = _metrics(tmp_path / "server")["epochs_history"]
-    assert history[0]["clients_trained"] == [0, 1]
-    assert history[1]["clients_trained"] == [1] and history[1]["clients_left_out"] == [0]
-    assert any(0 in epoch["clients_trained"] for epoch in history[2:])  # back in its turn
+    assert history[0]["clients_trained"] == [0, 1], logs
+    left_out = [epoch["epoch"] for epoch in history if epoch["clients_left_out"] == [0]]
+    assert left_out and left_out[0] >= 2, logs  # killed in its second epoch or, on a slow machine, later
+    assert history[left_out[0] - 1]["clients_trained"] == [1], logs
+    resumed = re.search(r"resuming from the checkpoint after epoch (\d+)", clients[0].output())
+    assert resumed and 1 <= int(resumed.group(1)) <= left_out[0] - 1, logs
+    assert any(0 in epoch["clients_trained"] for epoch in history[left_out[0]:]), logs  # back in its turn
     assert _metrics(tmp_path / "client0")["test_accuracy"] == _metrics(tmp_path / "client1")["test_accuracy"]
 
 

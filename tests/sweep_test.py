@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from nopeek_tf import attacks
-from nopeek_tf.experiments import sweep
+from nopeek_tf.experiments import frontier, sweep
 from nopeek_tf.config import AttackBudget, ConfigError, EvaluationConfig, TrainConfig
 from tests.conftest import REPO_ROOT
 
@@ -25,6 +25,12 @@ def test_plan_runs_the_undefended_model_once_per_cut_and_noise_where_asked():
     assert sweep.train_config(base, runs[1]).alpha_ramp_epochs == 2
     assert sweep.train_config(base, runs[0]).alpha_warmup_epochs == 0  # nothing to warm up at alpha 0
     assert runs[1].curve(base) == "NoPeek (cut conv2, warm-up 1+2)"
+    assert runs[1].curve(TrainConfig(alpha_warmup_epochs=0.5)) == "NoPeek (cut conv2, warm-up 0.5+auto)"
+    # A run's defence as flags (a warm-up at alpha 0 is no defence):
+    assert frontier.defence_flags({"alpha": 0.0, "alpha_warmup_epochs": 0.0, "noise": "uniform", "noise_scale": 1.0}) \
+        == "--noise=uniform --noise_scale=1"
+    assert frontier.defence_flags({"alpha": 1.0, "alpha_warmup_epochs": 0.4, "alpha_ramp_epochs": 0.4}) == \
+        "--alpha=1 --alpha_warmup_epochs=0.4 --alpha_ramp_epochs=0.4"
     narrow = TrainConfig(client_width=0.25)
     assert (runs[1].curve(narrow), runs[3].curve(narrow)) == ("NoPeek (cut conv2, width x0.25)",
                                                                "gaussian noise (cut conv2, width x0.25)")

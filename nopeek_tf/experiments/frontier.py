@@ -69,8 +69,9 @@ def bound_columns(metrics: dict, leakage: dict) -> dict:
 def defence_flags(metrics: dict) -> str:
     """The defence settings of a run, as flags: those that differ from an undefended run ("" for none)."""
     undefended = dataclasses.replace(config_lib.TrainConfig(), alpha=0.0)
+    schedule = ("alpha_warmup_epochs", "alpha_ramp_epochs") if not metrics.get("alpha") else ()  # nothing to warm up
     return _flags({name: metrics.get(name, getattr(undefended, name)) for name in config_lib.DEFENCE_FIELDS
-                   if name != "cut"}, undefended)
+                   if name != "cut" and name not in schedule}, undefended)
 
 
 def train_command(metrics: dict, model_dir: str) -> str:

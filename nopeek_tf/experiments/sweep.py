@@ -99,8 +99,9 @@ class SweepPoint:
             return f"attacker-aware ({where}{alpha}{', label-aware' if config.adversary_label_aware else ''})"
         if self.kind != "nopeek":
             return f"{self.kind} noise ({where})"
-        if config.alpha_warmup_epochs or config.alpha_ramp_epochs:
-            where += f", warm-up {config.alpha_warmup_epochs:g}+{config.alpha_ramp_epochs:g}"
+        warmup, ramp = config.alpha_warmup_epochs, config.alpha_ramp_epochs
+        if warmup or ramp:
+            where += ", warm-up " + "+".join("auto" if epochs is None else f"{epochs:g}" for epochs in (warmup, ramp))
         return f"NoPeek ({where})"
 
 

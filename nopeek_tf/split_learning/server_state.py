@@ -241,6 +241,7 @@ class ServerState:
                 if self._may_train(request.client_id):
                     if self.schedule == "sequential":
                         self.turn_started = time.time()
+                        self.log(f"epoch {self.epoch + 1}: client {request.client_id}'s turn")
                     response = self.hand_over(pb.TurnResponse(go=True, epoch=self.epoch))
                     if not self.record.clients:  # the epoch's clock starts with its first turn
                         self.record.started = time.time()
