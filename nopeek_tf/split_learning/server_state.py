@@ -41,8 +41,7 @@ TURN_POLL_SECONDS = 0.5
 
 @dataclasses.dataclass
 class EpochRecord:
-    """What the server saw in one epoch (summed over its clients): the task's loss and accuracy (the plain
-    layout's, where the server has the labels), the examples and steps, the bytes each way."""
+    """What the server saw in one epoch, summed over its clients: the task's loss and accuracy (the plain layout's)."""
 
     task: loop.EpochLogs = dataclasses.field(default_factory=loop.EpochLogs)
     examples: int = 0
