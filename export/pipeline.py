@@ -47,10 +47,12 @@ def export_model(config: ExportConfig, log=print) -> manifest_lib.Manifest:
         raise ExportError(str(error)) from None
     found = model_dir_lib.read_metrics(config.model_dir)
     if found.get("collapsed") and not config.force:
-        raise ExportError(f"{config.model_dir}: test accuracy {found['test_accuracy']:.4f} is at chance "
-                          f"({found['chance_accuracy']:.4f}): the model did not learn the task, and its exported "
-                          "client would answer at random; retrain it (python -m train.train prints what to try) or "
-                          "give --force")
+        if found.get("far_below_reference"):
+            why = f"is far below the {found['reference_accuracy']:.4f} the model reaches without the defence"
+        else:
+            why = f"is at chance ({found['chance_accuracy']:.4f}): its exported client would answer at random"
+        raise ExportError(f"{config.model_dir}: test accuracy {found['test_accuracy']:.4f} {why}; retrain it "
+                          "(python -m train.train prints what to try) or give --force")
     side = found.get("split_side")
     if side == "server":
         return export_split_server(config, found, log)

@@ -21,6 +21,13 @@ def test_chance_is_the_largest_class_and_the_margin_grows_on_a_small_test_split(
     message = collapse.collapse_message({"test_accuracy": 0.3833, "num_classes": 3, **report})
     assert "\n" not in message and "at chance (0.3333" in message and "--alpha_warmup_epochs=1" in message
     assert collapse.collapse_message({"test_accuracy": 0.93, "collapsed": False}) is None
+    # Where the accuracy without the defence is known, far below it is caught too (at chance says so first):
+    below = collapse.collapse_report(0.62, balanced, reference_accuracy=0.93)
+    assert below["collapsed"] and below["far_below_reference"]
+    assert not collapse.collapse_report(0.80, balanced, reference_accuracy=0.93)["collapsed"]
+    assert not collapse.collapse_report(0.40, balanced, reference_accuracy=0.93)["far_below_reference"]
+    message = collapse.collapse_message({"test_accuracy": 0.62, "num_classes": 3, **below})
+    assert "\n" not in message and "below the 0.9300" in message and "chance" in message and "--alpha" in message
 
 
 def test_training_at_chance_says_so_strict_refuses_and_export_needs_force(tmp_path, capsys):
@@ -37,6 +44,8 @@ def test_training_at_chance_says_so_strict_refuses_and_export_needs_force(tmp_pa
         assert json.load(f)["collapsed"] is True
     with pytest.raises(collapse.TrainingCollapsed, match=r"^--strict: test accuracy .* is at chance"):
         training.train_and_evaluate(config.replace(strict=True), str(tmp_path / "run"))  # resumed: evaluates only
+    known = training.train_and_evaluate(config.replace(reference_accuracy=0.9), str(tmp_path / "run"))
+    assert (known["reference_accuracy"], known["far_below_reference"], known["collapsed"]) == (0.9, False, True)
     with pytest.raises(export.ExportError, match="is at chance .*give --force$"):
         export.export_model(export.ExportConfig(model_dir=str(tmp_path / "run")), log=lambda *_: None)
     manifest = export.export_model(export.ExportConfig(model_dir=str(tmp_path / "run"), variants=("float32",),

@@ -192,6 +192,9 @@ class ReportingSettings(Settings):
                                   "TensorBoard every epoch (0: off).", minimum=0, resumable=True)
     strict: bool = setting(False, "A model whose test accuracy ends at chance is an error (exit 1; its model dir is "
                            "still written, marked collapsed) rather than a warning.", resumable=True)
+    reference_accuracy: float = setting(0.0, "The test accuracy the same model reaches without the defence, if "
+                                        "known (e.g. from an --alpha=0 run): ending more than 0.2 below it is "
+                                        "caught like ending at chance (0: unknown).", minimum=0, resumable=True)
     verbose: int = setting(2, "Keras fit verbosity.", flag=False, saved=False)
 
 

@@ -289,7 +289,7 @@ class Search:
         trial = study.trials[chosen["trial"]]
         final = candidate_config(self.config, trial.params["cut"], trial.params["bottleneck"],
                                  trial.params["device_noise"], trial.params["alpha"], trial.params["adversary_weight"],
-                                 self.config.epochs)
+                                 self.config.epochs).replace(reference_accuracy=round(reference, 4))
         self._clear_earlier_choice(final)
         final_metrics = training.train_and_evaluate(final, self.model_dir)
         command = frontier.train_command(final_metrics, self.model_dir)

@@ -386,7 +386,7 @@ class SplitClient:
                                                      self.config.dcor_batch_size)
         return {"test_accuracy": correct / count, "test_loss": loss_sum / count, "test_dcor": test_dcor,
                 "dcor_batch_size": dcor_batch_size,
-                **collapse.collapse_report(correct / count, np.concatenate(labels_all))}
+                **collapse.collapse_report(correct / count, np.concatenate(labels_all), self.config.reference_accuracy)}
 
     def finish(self) -> dict:
         """Evaluates, leaves the server, writes client.keras and metrics.json; returns the metrics."""

@@ -236,7 +236,7 @@ def evaluate(run: Run, split: models.SplitModel, trainer: loop.Trainer, test_ds)
     test_dcor, dcor_batch_size = mean_batch_dcor(images, split.sent_activations(images), run.config.dcor_batch_size)
     return {"test_accuracy": evaluation["accuracy"], "test_loss": evaluation["loss"],
             "test_dcor": test_dcor, "dcor_batch_size": dcor_batch_size,
-            **collapse.collapse_report(evaluation["accuracy"], labels)}
+            **collapse.collapse_report(evaluation["accuracy"], labels, run.config.reference_accuracy)}
 
 
 def step_schedules(config: TrainConfig) -> list[models.AlphaSchedule]:
