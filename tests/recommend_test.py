@@ -25,6 +25,11 @@ def test_the_choice_is_the_lowest_bound_within_the_accuracy_drop_and_says_why():
     chosen, why = recommend.choose(rows, 0.99, 0.02)
     assert chosen["run"] == 0 and why.startswith("no candidate came within 0.020") and "--max_accuracy_drop" in why
     assert [row["run"] for row in recommend.pareto(rows)] == [0, 2, 3]  # 1 is beaten by 3 on excess
+    # Noise without a bottleneck is dropped: the sampler's two such proposals are the same candidate
+    plain = {"cut": "c", "bottleneck": 0, "device_noise": 0.1, "alpha": 1.0, "adversary_weight": 0.0}
+    assert recommend.effective(plain) == recommend.effective({**plain, "device_noise": 0.5})
+    assert recommend.effective({**plain, "bottleneck": 2}) != recommend.effective({**plain, "bottleneck": 2,
+                                                                                   "device_noise": 0.5})
 
 
 def test_the_limits_name_their_flag():

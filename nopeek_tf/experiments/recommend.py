@@ -75,6 +75,11 @@ def candidate_config(base: TrainConfig, cut: str, bottleneck: int, noise: float,
                         adversary_weight=adversary_weight, epochs=epochs, strict=False, verbose=0)
 
 
+def effective(params: dict) -> dict:
+    """A candidate's parameters as trained (:func:`candidate_config` drops the noise without a bottleneck)."""
+    return {**params, "device_noise": params["device_noise"] if params.get("bottleneck") else 0.0}
+
+
 def pareto(rows: list[dict]) -> list[dict]:
     """The rows no other row beats on every objective (accuracy up, bound in bits and excess down)."""
     def key(row):
@@ -179,7 +184,7 @@ class Search:
             trial.suggest_categorical("device_noise", NOISES), trial.suggest_categorical("alpha", ALPHAS),
             trial.suggest_categorical("adversary_weight", ADVERSARY_WEIGHTS), self.trial_epochs)
         for earlier in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if earlier.params == trial.params:  # the sampler proposed a candidate already trained: its figures
+            if effective(earlier.params) == effective(trial.params):  # already trained: its figures
                 trial.set_user_attr("model_dir", earlier.user_attrs["model_dir"])
                 trial.set_user_attr("same_as", earlier.number)
                 return tuple(earlier.values)
