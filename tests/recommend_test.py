@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nopeek_tf.config import ConfigError, RecommendSettings
+from nopeek_tf.config import ConfigError, RecommendSettings, TrainConfig
 from nopeek_tf.core.split import Cut
 from nopeek_tf.experiments import recommend
 
@@ -27,9 +27,10 @@ def test_the_choice_is_the_lowest_bound_within_the_accuracy_drop_and_says_why():
     assert [row["run"] for row in recommend.pareto(rows)] == [0, 2, 3]  # 1 is beaten by 3 on excess
     # Noise without a bottleneck is dropped: the sampler's two such proposals are the same candidate
     plain = {"cut": "c", "bottleneck": 0, "device_noise": 0.1, "alpha": 1.0, "adversary_weight": 0.0}
-    assert recommend.effective(plain) == recommend.effective({**plain, "device_noise": 0.5})
-    assert recommend.effective({**plain, "bottleneck": 2}) != recommend.effective({**plain, "bottleneck": 2,
-                                                                                   "device_noise": 0.5})
+    assert recommend.trial_config(TrainConfig(), plain, 1) == \
+        recommend.trial_config(TrainConfig(), {**plain, "device_noise": 0.5}, 1)
+    assert recommend.trial_config(TrainConfig(), {**plain, "bottleneck": 2}, 1) != \
+        recommend.trial_config(TrainConfig(), {**plain, "bottleneck": 2, "device_noise": 0.5}, 1)
 
 
 def test_the_limits_name_their_flag():

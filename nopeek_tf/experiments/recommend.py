@@ -75,9 +75,10 @@ def candidate_config(base: TrainConfig, cut: str, bottleneck: int, noise: float,
                         adversary_weight=adversary_weight, epochs=epochs, strict=False, verbose=0)
 
 
-def effective(params: dict) -> dict:
-    """A candidate's parameters as trained (:func:`candidate_config` drops the noise without a bottleneck)."""
-    return {**params, "device_noise": params["device_noise"] if params.get("bottleneck") else 0.0}
+def trial_config(base: TrainConfig, params: dict, epochs: int) -> TrainConfig:
+    """The training config of a search trial's parameters (:func:`candidate_config`)."""
+    return candidate_config(base, params["cut"], params["bottleneck"], params["device_noise"], params["alpha"],
+                            params["adversary_weight"], epochs)
 
 
 def pareto(rows: list[dict]) -> list[dict]:
@@ -179,12 +180,13 @@ class Search:
         import optuna
 
         cut = trial.suggest_categorical("cut", [candidate.name for candidate in self.cuts])
-        config = candidate_config(
-            self.config, cut, trial.suggest_categorical("bottleneck", BOTTLENECKS),
-            trial.suggest_categorical("device_noise", NOISES), trial.suggest_categorical("alpha", ALPHAS),
-            trial.suggest_categorical("adversary_weight", ADVERSARY_WEIGHTS), self.trial_epochs)
+        trial.suggest_categorical("bottleneck", BOTTLENECKS)
+        trial.suggest_categorical("device_noise", NOISES)
+        trial.suggest_categorical("alpha", ALPHAS)
+        trial.suggest_categorical("adversary_weight", ADVERSARY_WEIGHTS)
+        config = trial_config(self.config, trial.params, self.trial_epochs)
         for earlier in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if effective(earlier.params) == effective(trial.params):  # already trained: its figures
+            if trial_config(self.config, earlier.params, self.trial_epochs) == config:  # already trained: its figures
                 trial.set_user_attr("model_dir", earlier.user_attrs["model_dir"])
                 trial.set_user_attr("same_as", earlier.number)
                 return tuple(earlier.values)
@@ -292,9 +294,7 @@ class Search:
         self.log(f"recommend: chose candidate {chosen['trial']} ({chosen['cut']}, {chosen['defence'] or 'undefended'}): "
                  f"{why}")
         trial = study.trials[chosen["trial"]]
-        final = candidate_config(self.config, trial.params["cut"], trial.params["bottleneck"],
-                                 trial.params["device_noise"], trial.params["alpha"], trial.params["adversary_weight"],
-                                 self.config.epochs).replace(reference_accuracy=round(reference, 4))
+        final = trial_config(self.config, trial.params, self.config.epochs).replace(reference_accuracy=round(reference, 4))
         self._clear_earlier_choice(final)
         final_metrics = training.train_and_evaluate(final, self.model_dir)
         command = frontier.train_command(final_metrics, self.model_dir)

@@ -38,11 +38,10 @@ def collapse_report(test_accuracy: float, test_labels: np.ndarray, reference_acc
     chance = float(counts.max() / max(len(labels), 1))
     margin = max(COLLAPSE_POINTS, 3.0 * math.sqrt(chance * (1.0 - chance) / max(len(labels), 1)))
     at_chance = test_accuracy <= chance + margin
-    report = {"chance_accuracy": round(chance, 4), "collapse_margin": round(margin, 4)}
-    if reference_accuracy:
-        far_below = test_accuracy < reference_accuracy - FAR_BELOW_POINTS
-        report.update(reference_accuracy=reference_accuracy, far_below_reference=bool(far_below and not at_chance))
-    return {**report, "collapsed": bool(at_chance or report.get("far_below_reference"))}
+    far_below = bool(reference_accuracy) and not at_chance and test_accuracy < reference_accuracy - FAR_BELOW_POINTS
+    known = {"reference_accuracy": reference_accuracy, "far_below_reference": far_below} if reference_accuracy else {}
+    return {"chance_accuracy": round(chance, 4), "collapse_margin": round(margin, 4), **known,
+            "collapsed": bool(at_chance or far_below)}
 
 
 def collapse_message(metrics: dict) -> str | None:
